@@ -1,0 +1,110 @@
+"""Tasks for the experiments: real data that ships with scikit-learn, and synthetic problems.
+
+Nothing here downloads anything. Every function takes a ``seed`` so a data set
+is the same on every machine, independent of the global random state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["digits", "spirals", "adding_problem", "first_input_recall"]
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _gen(seed: int) -> torch.Generator:
+    _check_int("seed", seed, 0)
+    return torch.Generator().manual_seed(seed)
+
+
+def digits(
+    *, test_fraction: float = 0.25, seed: int = 0, device: torch.device | str = "cpu"
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
+
+    Returns ``(train, test)``, each a pair ``(inputs, labels)`` with inputs of
+    shape (n, 64) standardized with the training set's mean and spread, and the
+    split stratified by class. The data come with scikit-learn: no download.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    mean, std = xtr.mean(axis=0), xtr.std(axis=0) + 1e-6
+    as_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32, device=device)  # noqa: E731
+    as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)  # noqa: E731
+    return (as_x(xtr), as_y(ytr)), (as_x(xte), as_y(yte))
+
+
+def spirals(
+    n: int = 1000, *, classes: int = 2, turns: float = 1.5, noise: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interleaved spiral arms in the plane, one class per arm: a small nonlinear problem.
+
+    Returns inputs of shape (n, 2) and integer labels of shape (n,).
+    """
+    _check_int("n", n, 1)
+    _check_int("classes", classes, 2)
+    if not turns > 0:
+        raise ValueError(f"turns must be positive, got {turns!r}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be non-negative, got {noise!r}")
+    g = _gen(seed)
+    labels = torch.arange(n) % classes
+    radius = torch.rand(n, generator=g)
+    angle = 2 * np.pi * turns * radius + 2 * np.pi * labels / classes
+    points = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+    points = points + noise * torch.randn(n, 2, generator=g) * radius[:, None]
+    return points.float(), labels
+
+
+def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hochreiter & Schmidhuber's (1997) adding problem.
+
+    Each sequence has ``length`` steps with two channels: a random value in
+    [0, 1) and a marker that is 1 at exactly two steps, one in the first half
+    and one in the second. The target is the sum of the two marked values;
+    predicting the mean 1.0 scores a mean squared error of about 1/6.
+    Returns inputs (n, length, 2) and targets (n, 1).
+    """
+    _check_int("n", n, 1)
+    _check_int("length", length, 2)
+    g = _gen(seed)
+    values = torch.rand(n, length, generator=g)
+    half = length // 2
+    first = torch.randint(0, half, (n,), generator=g)
+    second = torch.randint(half, length, (n,), generator=g)
+    marker = torch.zeros(n, length)
+    rows = torch.arange(n)
+    marker[rows, first] = 1.0
+    marker[rows, second] = 1.0
+    target = (values[rows, first] + values[rows, second]).unsqueeze(1)
+    return torch.stack([values, marker], dim=2), target
+
+
+def first_input_recall(
+    n: int, lag: int, *, symbols: int = 4, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remember the first symbol of a sequence across ``lag`` steps of noise.
+
+    Step 0 carries a one-hot symbol out of ``symbols``; the next ``lag`` steps
+    carry distractor symbols drawn from the same alphabet. The label is the
+    first symbol, so a model must carry it across the whole lag: chance is
+    ``1/symbols``. Returns inputs (n, lag + 1, symbols) and labels (n,).
+    """
+    _check_int("n", n, 1)
+    _check_int("lag", lag, 1)
+    _check_int("symbols", symbols, 2)
+    g = _gen(seed)
+    seq = torch.randint(0, symbols, (n, lag + 1), generator=g)
+    inputs = torch.nn.functional.one_hot(seq, symbols).float()
+    return inputs, seq[:, 0].clone()

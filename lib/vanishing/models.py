@@ -1,0 +1,187 @@
+"""Builders for the feed-forward networks the book studies.
+
+One builder, :func:`mlp`, covers the plain deep network, its normalized and
+residual variants, every activation and every initialization the chapters
+compare. Its hidden blocks are kept in ``model.blocks`` so that probes can walk
+the network from input to output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "INITS", "NORMS", "activation", "init_weights", "mlp", "MLP", "Block"]
+
+#: Activation names the builders accept, mapped to their module classes.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "linear": nn.Identity,
+}
+
+#: Initialization schemes by name. Each sets a Linear layer's weight in place; biases start at zero.
+INITS = ("default", "xavier", "he", "lecun", "orthogonal")
+
+#: Normalization layers a hidden block may carry (``None`` for none).
+NORMS = (None, "batch", "layer")
+
+
+def activation(name: str) -> nn.Module:
+    """Return a fresh activation module for ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation={name!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def _gain(act: str) -> float:
+    # The gain that keeps the forward variance constant for this activation
+    # (torch's values; sigmoid has no such constant, so it keeps gain 1 as Glorot did).
+    if act in ("relu",):
+        return math.sqrt(2.0)
+    if act == "leaky_relu":
+        return nn.init.calculate_gain("leaky_relu", 0.01)
+    if act == "tanh":
+        return 5.0 / 3.0
+    return 1.0
+
+
+def init_weights(layer: nn.Linear, init: str | Callable[[torch.Tensor], None], act: str = "linear") -> None:
+    """Initialize ``layer`` in place with scheme ``init`` for an ``act`` nonlinearity.
+
+    ``"xavier"``: variance 2/(fan_in+fan_out) (Glorot & Bengio 2010);
+    ``"he"``: variance 2/fan_in for rectifiers (He et al. 2015), with the
+    leaky-ReLU correction; ``"lecun"``: variance 1/fan_in; ``"orthogonal"``:
+    a random orthogonal matrix scaled by the activation's gain; ``"default"``:
+    torch's own uniform init. A callable receives the weight tensor and fills
+    it in place, for schemes a chapter invents (it must not return a value).
+    """
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"layer must be an nn.Linear, got {type(layer).__name__}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act={act!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    w = layer.weight
+    with torch.no_grad():
+        if callable(init):
+            init(w)
+        elif init == "default":
+            layer.reset_parameters()
+            return
+        elif init == "xavier":
+            nn.init.xavier_normal_(w)
+        elif init == "he":
+            slope = 0.01 if act == "leaky_relu" else 0.0
+            nn.init.kaiming_normal_(w, a=slope, nonlinearity="leaky_relu")
+        elif init == "lecun":
+            nn.init.normal_(w, 0.0, 1.0 / math.sqrt(w.shape[1]))
+        elif init == "orthogonal":
+            nn.init.orthogonal_(w, gain=_gain(act))
+        else:
+            raise ValueError(f"init={init!r} is unknown; allowed: {', '.join(INITS)} or a callable")
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+class Block(nn.Module):
+    """One hidden layer: Linear, optional normalization, activation; optionally residual.
+
+    With ``residual=True`` the block computes ``x + f(x)``: its Jacobian is
+    ``I + J_f``, the "+1 path" that lets gradients skip the block.
+    """
+
+    def __init__(self, in_features: int, out_features: int, act: str, norm: str | None, residual: bool):
+        super().__init__()
+        if residual and in_features != out_features:
+            raise ValueError(
+                f"residual=True needs in_features == out_features, got {in_features} and {out_features}"
+            )
+        self.linear = nn.Linear(in_features, out_features)
+        if norm == "batch":
+            self.norm: nn.Module = nn.BatchNorm1d(out_features)
+        elif norm == "layer":
+            self.norm = nn.LayerNorm(out_features)
+        else:
+            self.norm = nn.Identity()
+        self.act = activation(act)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.norm(self.linear(x)))
+        return x + out if self.residual else out
+
+
+class MLP(nn.Module):
+    """A stack of :class:`Block` s followed by a linear read-out ``head``."""
+
+    def __init__(self, blocks: list[Block], head: nn.Linear):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.blocks[0].linear.in_features:
+            raise ValueError(
+                f"input must have shape (batch, {self.blocks[0].linear.in_features}), got {tuple(x.shape)}"
+            )
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def linears(self) -> list[nn.Linear]:
+        """The network's Linear layers from input to output (read-out last)."""
+        return [b.linear for b in self.blocks] + [self.head]
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def mlp(
+    *,
+    in_features: int,
+    out_features: int,
+    depth: int,
+    width: int,
+    activation: str = "relu",
+    init: str | Callable[[torch.Tensor], None] = "default",
+    norm: str | None = None,
+    residual: bool = False,
+) -> MLP:
+    """Build a multi-layer perceptron with ``depth`` hidden layers of ``width`` units.
+
+    ``activation`` is one of :data:`ACTIVATIONS`, ``init`` one of :data:`INITS`
+    (or a callable filling a weight tensor), ``norm`` one of :data:`NORMS`.
+    ``residual=True`` adds a skip connection around every hidden block after the
+    first (the first changes the width, so it cannot be an identity).
+    The read-out layer gets the same initialization with a linear gain.
+    """
+    _positive_int("in_features", in_features)
+    _positive_int("out_features", out_features)
+    _positive_int("depth", depth)
+    _positive_int("width", width)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    if not callable(init) and init not in INITS:
+        raise ValueError(f"init={init!r} is unknown; allowed: {', '.join(INITS)} or a callable")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is unknown; allowed: None, 'batch', 'layer'")
+    if not isinstance(residual, bool):
+        raise ValueError(f"residual must be True or False, got {residual!r}")
+    blocks = [
+        Block(in_features if i == 0 else width, width, activation, norm, residual and i > 0)
+        for i in range(depth)
+    ]
+    head = nn.Linear(width, out_features)
+    for b in blocks:
+        init_weights(b.linear, init, activation)
+    init_weights(head, init, "linear")
+    return MLP(blocks, head)

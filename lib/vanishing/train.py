@@ -1,0 +1,145 @@
+"""One small training loop that every chapter shares, returning a plain history.
+
+The loop is deliberately ordinary - minibatch SGD or Adam, an optional
+gradient-norm clip - so that what changes between experiments is the model,
+never the training procedure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .probes import weight_names
+
+__all__ = ["OPTIMIZERS", "LOSSES", "train", "accuracy"]
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "rprop")
+LOSSES = ("cross_entropy", "mse")
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of rows whose largest logit is at the target class."""
+    return float((logits.argmax(dim=-1) == targets).float().mean())
+
+
+def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.Rprop(params, lr=lr)
+
+
+def train(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int | None = 64,
+    optimizer: str = "sgd",
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
+    test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_every: int = 10,
+    clip: float | None = None,
+    record_grad_norms: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, list]:
+    """Train ``model`` on ``data = (inputs, targets)`` for ``steps`` updates.
+
+    ``batch_size=None`` uses the whole set each step (full-batch). Minibatches
+    are drawn with ``generator`` (or torch's global generator, seeded by
+    :func:`vanishing.seed`). Every ``eval_every`` steps the history records the
+    step, the training loss and accuracy on all of ``data`` and, if given,
+    on ``test_data``; with ``record_grad_norms`` also the gradient norm of each
+    weight matrix on that step's batch. ``clip`` rescales the whole gradient to
+    at most that norm (Pascanu et al. 2013).
+
+    Returns a dict of lists: ``step``, ``loss``, ``acc`` (classification only),
+    ``test_loss``, ``test_acc`` and ``grad_norms`` (a list of dicts) when recorded.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, value in (("steps", steps), ("eval_every", eval_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be positive or None, got {clip!r}")
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError("data must be a pair (inputs, targets)")
+    inputs, targets = data
+    if len(inputs) != len(targets):
+        raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
+    n = len(inputs)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n):
+        raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
+    if callable(loss):
+        loss_fn = loss
+    elif loss == "cross_entropy":
+        loss_fn = nn.functional.cross_entropy
+    elif loss == "mse":
+        loss_fn = nn.functional.mse_loss
+    else:
+        raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)} or a callable")
+    classify = loss == "cross_entropy"
+
+    opt = _optimizer(optimizer, model.parameters(), lr)
+    names = weight_names(model)
+    params = dict(model.named_parameters())
+    history: dict[str, list] = {"step": [], "loss": []}
+    if classify:
+        history["acc"] = []
+    if test_data is not None:
+        history["test_loss"] = []
+        if classify:
+            history["test_acc"] = []
+    if record_grad_norms:
+        history["grad_norms"] = []
+
+    def evaluate(step: int, batch_norms: dict[str, float] | None) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            sets = [("", (inputs, targets))] + ([("test_", test_data)] if test_data is not None else [])
+            for prefix, (x, y) in sets:
+                out = model(x)
+                history[prefix + "loss"].append(float(loss_fn(out, y)))
+                if classify:
+                    history[prefix + "acc"].append(accuracy(out, y))
+        model.train(was_training)
+        history["step"].append(step)
+        if record_grad_norms:
+            history["grad_norms"].append(batch_norms)
+
+    model.train()
+    for step in range(1, steps + 1):
+        if batch_size is None:
+            x, y = inputs, targets
+        else:
+            idx = torch.randint(0, n, (batch_size,), generator=generator, device="cpu").to(inputs.device)
+            x, y = inputs[idx], targets[idx]
+        opt.zero_grad(set_to_none=True)
+        value = loss_fn(model(x), y)
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"train: the loss became {float(value)} at step {step}; lower lr or clip")
+        value.backward()
+        batch_norms = None
+        if record_grad_norms and (step % eval_every == 0 or step == 1):
+            batch_norms = {k: float(params[k].grad.norm()) if params[k].grad is not None else 0.0 for k in names}
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if step % eval_every == 0 or step == 1:
+            evaluate(step, batch_norms)
+    return history

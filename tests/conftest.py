@@ -1,0 +1,20 @@
+"""Shared test configuration: how strict nbval compares the chapters' stored outputs.
+
+Strict mode re-executes every chapter and compares every output. Only what is
+inherently unstable is skipped: SVG (embeds dates and random ids) and stderr
+(library warnings differ between installs). PNG is skipped by nbval itself.
+Addresses and similar noise are rewritten by tests/sanitize.cfg.
+"""
+
+from __future__ import annotations
+
+import os
+
+# An inherited Agg backend makes plt.show() emit nothing, so figures would vanish
+# from the re-executed notebooks; kernels inherit this process's environment.
+os.environ.pop("MPLBACKEND", None)
+
+
+def pytest_collectstart(collector):
+    if getattr(collector, "fspath", None) is not None and collector.fspath.ext == ".ipynb":
+        collector.skip_compare = (*collector.skip_compare, "image/svg+xml", "stderr")

@@ -1,0 +1,131 @@
+"""The book's structure and hygiene: what a reader, Binder, Colab and nbval rely on."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+REPO = CONFIG["repository"]["url"].rstrip("/")
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+IDS = [p.name for p in NOTEBOOKS]
+
+
+def _toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc["parts"]:
+        for chapter in part["chapters"]:
+            files.append(chapter["file"])
+            files += [s["file"] for s in chapter.get("sections", [])]
+    return files
+
+
+def _code_cells(path: Path) -> list[dict]:
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def _source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_toc_and_chapters_agree():
+    listed = _toc_files()
+    assert len(listed) == len(set(listed)), "a page is listed twice in _toc.yml"
+    on_disk = {p.relative_to(ROOT).with_suffix("").as_posix() for p in (ROOT / "chapters").glob("*") if p.suffix in (".ipynb", ".md")}
+    assert on_disk == set(listed) - {"index"}, f"not in _toc.yml: {on_disk - set(listed)}; missing files: {set(listed) - on_disk - {'index'}}"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def test_binder_is_in_step_with_requirements():
+    main, binder = _pins(ROOT / "requirements.txt"), _pins(ROOT / "binder" / "requirements.txt")
+    assert binder["torch"] == main["torch"] + "+cpu", "Binder must use the CPU build of the pinned torch"
+    assert "download.pytorch.org/whl/cpu" in (ROOT / "binder" / "requirements.txt").read_text()
+    runtime = {k: v for k, v in main.items() if k not in ("pytest", "pytest-xdist", "nbval", "hypothesis", "playwright", "ruff")}
+    for name, version in runtime.items():
+        if name == "torch":
+            continue
+        assert binder.get(name) == version, f"binder/requirements.txt pins {name}=={binder.get(name)}, requirements.txt {version}"
+    post = (ROOT / "binder" / "postBuild").read_text()
+    assert post.startswith("#!/bin/bash") and "set -e" in post and "pip install" in post and "-e ." in post
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_chapter_setup_cell(path):
+    first = _source(_code_cells(path)[0])
+    assert "import vanishing as vg" in first and "except ModuleNotFoundError" in first
+    assert f"git+{REPO}" in first, f"{path.name}: the install cell must install from {REPO} (the _config.yml repository)"
+    assert re.search(r"vg\.seed\(\d+\)", first), f"{path.name}: the first code cell must seed through vg.seed"
+    assert not _code_cells(path)[0].get("outputs"), f"{path.name}: the setup cell prints nothing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_hygiene(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"].get("kernelspec", {}).get("name") == "python3"
+    text = path.read_text()
+    assert "MPLBACKEND" not in text, f"{path.name} sets MPLBACKEND: figures would vanish"
+    for cell in _code_cells(path):
+        assert cell.get("execution_count") is not None, f"{path.name}: a code cell was never executed"
+        assert "execution" not in cell.get("metadata", {}), f"{path.name}: per-cell timestamps are stored"
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{path.name}: a stored error output"
+            plain = "".join(out.get("data", {}).get("text/plain", ""))
+            assert not re.search(r"<matplotlib\.\w+.* at 0x|\[<matplotlib", plain), f"{path.name}: a plot object repr"
+            assert "/work/" not in plain + "".join(out.get("text", "")), f"{path.name}: a machine path in an output"
+        if any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
+            meta = cell.get("metadata", {})
+            fig = meta.get("mystnb", {}).get("figure", {})
+            assert fig.get("caption") and fig.get("name"), f"{path.name}: a figure without caption/name metadata"
+            assert len(meta.get("image", {}).get("alt", "")) > 20, f"{path.name}: figure {fig.get('name')} lacks alt text"
+
+
+def _guard_calls(path: Path, library_present: bool) -> list[tuple[str, str]]:
+    """Run a chapter's setup guard (only the try/except part) with a fake IPython; return its magic calls."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    first = _source(_code_cells(path)[0])
+    guard = first[first.index("try:"): first.index("import vanishing as vg", first.index("except")) + len("import vanishing as vg")]
+    code = TransformerManager().transform_cell(guard)
+    calls: list[tuple[str, str]] = []
+    saved = sys.modules.get("vanishing")
+
+    class FakeIPython:
+        def run_line_magic(self, name, line):
+            calls.append((name, line))
+            if saved is not None:
+                sys.modules["vanishing"] = saved  # the "install" makes the import succeed
+
+    if not library_present:
+        sys.modules["vanishing"] = None  # makes `import vanishing` raise ModuleNotFoundError
+    try:
+        exec(code, {"get_ipython": lambda: FakeIPython()})
+    finally:
+        if saved is not None:
+            sys.modules["vanishing"] = saved
+        else:
+            sys.modules.pop("vanishing", None)
+    return calls
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_install_guard(path):
+    import vanishing  # noqa: F401  (the library is installed in the test environment)
+
+    assert _guard_calls(path, library_present=True) == [], "the guard must do nothing where the library is installed"
+    calls = _guard_calls(path, library_present=False)
+    assert len(calls) == 1 and calls[0][0] == "pip" and f"git+{REPO}" in calls[0][1]

@@ -1,0 +1,40 @@
+"""Execute chapter notebooks in place, top to bottom, the way the book and nbval do.
+
+    python tools/execute.py chapters/05_activations.ipynb [more.ipynb ...]
+
+Runs each notebook in a fresh kernel from its own folder, without recording
+per-cell timestamps (they would change on every run), and stops at the first
+error, showing the failing cell. Store the result: outputs are the contract
+that strict nbval re-checks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+
+def execute(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    os.environ.pop("MPLBACKEND", None)
+    client = NotebookClient(
+        nb, timeout=900, kernel_name="python3", record_timing=False,
+        resources={"metadata": {"path": str(path.parent.resolve())}},
+    )
+    client.execute()
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    nb.metadata.setdefault("kernelspec", {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"})
+    nbformat.write(nb, path)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    for arg in sys.argv[1:]:
+        print(f"executing {arg}", flush=True)
+        execute(Path(arg))
