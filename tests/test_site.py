@@ -204,3 +204,35 @@ def test_screenshots_for_review(browser, server):
         viewport = page.viewport_size["width"]
         page.context.close()
         assert width <= viewport + 1, f"{name}: page is {width}px wide in a {viewport}px viewport (horizontal scrolling)"
+
+
+@pytest.mark.parametrize("query, chapter", [("LSTM", "chapters/09_lstm"), ("bifurcation", "chapters/03_dynamical_system")])
+def test_search_finds(browser, server, query, chapter):
+    page, errors, _ = _open(browser, server, f"search.html?q={query}")
+    try:
+        page.wait_for_selector("#search-results ul.search li", timeout=20000)
+        hits = page.eval_on_selector_all("#search-results ul.search li a", "els => els.map(e => e.getAttribute('href'))")
+        assert hits, f"search for {query!r} found nothing"
+        if (HTML / f"{chapter}.html").exists():
+            assert any(h.split("?")[0].split("#")[0].endswith(f"{chapter}.html") for h in hits), f"{query!r}: {chapter} not among {hits}"
+    finally:
+        page.context.close()
+
+
+def test_dark_mode_toggle(browser, server):
+    page, errors, _ = _open(browser, server, CHAPTERS[0] if CHAPTERS else "index.html")
+    try:
+        seen = set()
+        for _ in range(3):  # the button cycles through light, dark and auto
+            page.click("button.theme-switch-button")
+            seen.add(page.evaluate("() => document.documentElement.dataset.theme"))
+            if "dark" in seen:
+                break
+        assert "dark" in seen, f"the theme toggle never switched to dark mode (saw {seen})"
+        background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert background not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), f"dark mode left a {background} background"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "chapter-dark.png"))
+        assert not [e for e in errors if e not in TOLERATED_CONSOLE]
+    finally:
+        page.context.close()

@@ -8,6 +8,13 @@
 jupyter-cache keys a notebook on its code cells only, so a change in lib/ would
 not re-execute anything; this script keeps a hash of lib/ beside the cache and
 clears the cache when it changes. A clean clone has no cache and executes all.
+
+Jupyter Book executes notebooks one after another. To use every core, this
+script first executes the chapters missing from the cache in parallel (one
+single-threaded kernel per core, ``VANISHING_BUILD_JOBS`` to change that) and
+stores them in the same cache, in the same way myst-nb does; the Sphinx build
+then finds every chapter cached. The first chapter that fails stops the build
+with its traceback.
 """
 
 from __future__ import annotations
@@ -40,11 +47,71 @@ def jupyter_book() -> list[str]:
     return [str(exe) if exe.exists() else "jupyter-book"]
 
 
+def toc_notebooks() -> list[Path]:
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = []
+    for part in toc.get("parts", []):
+        for entry in part.get("chapters", []):
+            files += [entry["file"]] + [s["file"] for s in entry.get("sections", [])]
+    return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").exists()]
+
+
+def _execute(path: str) -> tuple[str, object, float, str | None]:
+    """Run one notebook the way myst-nb's cache mode does; return it with its run time or error."""
+    import nbformat
+    from jupyter_cache.executors.utils import single_nb_execution
+
+    nb = nbformat.read(path, as_version=4)
+    result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=600, allow_errors=False)
+    return path, nb, result.time, (result.exc_string if result.err is not None else None)
+
+
+def pre_execute() -> int:
+    """Execute, in parallel, the chapters the cache does not hold yet, and cache them."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(CACHE))
+    todo = []
+    for path in toc_notebooks():
+        try:
+            cache.match_cache_notebook(nbformat.read(path, as_version=4))
+        except KeyError:
+            todo.append(str(path))
+    if not todo:
+        return 0
+    jobs = int(os.environ.get("VANISHING_BUILD_JOBS", os.cpu_count() or 1))
+    print(f"tools/build.py: executing {len(todo)} chapter(s) with {jobs} parallel kernel(s)", flush=True)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_execute, p) for p in todo]
+        for future in as_completed(futures):
+            path, nb, seconds, error = future.result()
+            name = Path(path).relative_to(ROOT)
+            if error is not None:
+                print(f"tools/build.py: {name} failed:\n{error}", flush=True)
+                for other in futures:
+                    other.cancel()
+                return 1
+            record = cache.add_nb_to_project(path)
+            cache.cache_notebook_bundle(CacheBundleIn(nb, record.uri, data={"execution_seconds": seconds}),
+                                        check_validity=False, overwrite=True)
+            print(f"tools/build.py: executed {name} in {seconds:.0f} s", flush=True)
+    return 0
+
+
 def build() -> int:
     digest = lib_hash()
     if CACHE.exists() and (not STAMP.exists() or STAMP.read_text() != digest):
         print("tools/build.py: lib/ changed since the last build; clearing the execution cache")
         shutil.rmtree(CACHE)
+    os.environ.pop("MPLBACKEND", None)
+    if pre_execute():
+        return 1
     env = dict(os.environ)
     env.pop("MPLBACKEND", None)  # an inherited Agg backend would silently drop every figure
     cmd = jupyter_book() + ["build", str(ROOT), "--warningiserror", "--nitpick", "--keep-going"]

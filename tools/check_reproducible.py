@@ -1,0 +1,74 @@
+"""Check that executing each chapter from a clean kernel gives byte-identical outputs.
+
+    python tools/check_reproducible.py [--runs 3] [chapters/NN_name.ipynb ...]
+
+Each chapter is executed ``--runs`` times, each in a fresh kernel, and every
+output of every cell (text, LaTeX, HTML and the PNG bytes of figures) is compared
+with the first run and with the outputs stored in the repository. Cells tagged
+``nbval-ignore-output`` (machine-dependent, each with a comment saying why) are
+skipped. Chapters run in parallel, one single-threaded kernel per core.
+Exits 1 and names the first differing cell of each chapter that is not reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def outputs(nb) -> list[str]:
+    """One canonical string per code cell: its outputs without execution counts."""
+    result = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if "nbval-ignore-output" in cell.metadata.get("tags", []):
+            result.append("<ignored>")
+            continue
+        outs = [{k: v for k, v in o.items() if k not in ("execution_count", "metadata")} for o in cell.outputs]
+        outs = [o for o in outs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        result.append(json.dumps(outs, sort_keys=True))
+    return result
+
+
+def check(path: str, runs: int) -> tuple[str, list[str]]:
+    stored = nbformat.read(path, as_version=4)
+    reference = outputs(stored)
+    problems = []
+    os.environ.pop("MPLBACKEND", None)
+    for run in range(1, runs + 1):
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+        for i, (a, b) in enumerate(zip(reference, outputs(nb), strict=True)):
+            if a != b:
+                problems.append(f"run {run}: code cell {i + 1} differs from the stored output")
+                break
+    return path, problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", help="chapters to check (default: all)")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    paths = args.notebooks or [str(p) for p in sorted((ROOT / "chapters").glob("*.ipynb"))]
+    failed = False
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for path, problems in pool.map(check, paths, [args.runs] * len(paths)):
+            name = Path(path).name
+            print(f"{name}: {'identical in all ' + str(args.runs) + ' runs' if not problems else '; '.join(problems)}", flush=True)
+            failed |= bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
