@@ -1,6 +1,8 @@
 """Build the book: execute every chapter (through jupyter-cache) and render the site.
 
-    python tools/build.py            # the build the README describes (warnings are errors)
+    python tools/build.py            # the build the README describes (warnings are errors),
+                                     # then the whole book as one PDF (tools/pdf.py)
+    python tools/build.py --no-pdf   # the site only
     python tools/build.py --preview  # render the stored outputs without executing, into
                                      # a scratch copy: a quick check of a chapter's MyST,
                                      # cross-references and citations while writing
@@ -122,6 +124,10 @@ def build() -> int:
     return code
 
 
+def pdf() -> int:
+    return subprocess.call([sys.executable, str(ROOT / "tools" / "pdf.py")], cwd=ROOT)
+
+
 def preview() -> int:
     """Render the committed outputs of every chapter present, without executing."""
     out = Path(tempfile.mkdtemp(prefix="vg-preview-"))
@@ -157,5 +163,8 @@ def preview() -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preview", action="store_true", help="render stored outputs only, into a scratch copy")
+    parser.add_argument("--no-pdf", action="store_true", help="skip printing the book to one PDF")
     args = parser.parse_args()
-    sys.exit(preview() if args.preview else build())
+    if args.preview:
+        sys.exit(preview())
+    sys.exit(build() or (0 if args.no_pdf else pdf()))
