@@ -129,3 +129,20 @@ def test_install_guard(path):
     assert _guard_calls(path, library_present=True) == [], "the guard must do nothing where the library is installed"
     calls = _guard_calls(path, library_present=False)
     assert len(calls) == 1 and calls[0][0] == "pip" and f"git+{REPO}" in calls[0][1]
+
+
+def test_glossary_terms_are_linked_at_first_use():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import link_glossary
+    finally:
+        sys.path.pop(0)
+    terms = link_glossary.glossary_terms()
+    assert len(terms) >= 25
+    missing = {}
+    for path in sorted((ROOT / "chapters").glob("*")):
+        if path.suffix in (".ipynb", ".md") and path.name not in link_glossary.SKIP_PAGES:
+            unlinked = link_glossary.process(path, terms, write=False)
+            if unlinked:
+                missing[path.name] = unlinked
+    assert not missing, f"glossary terms used but not linked (run python tools/link_glossary.py): {missing}"
