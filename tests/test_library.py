@@ -8,8 +8,9 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-import vanishing as vg
 from torch import nn
+
+import vanishing as vg
 from vanishing import data, models, plots, probes, recurrent, train
 
 
@@ -31,7 +32,7 @@ def test_seed_makes_runs_identical():
 def test_seed_pins_threads_and_rejects_bad_values(monkeypatch):
     vg.seed(0)
     assert torch.get_num_threads() == 1
-    for bad in (-1, 1.5, "0", True):
+    for bad in (-1, 1.5, "0", True, 2**32):
         with pytest.raises(ValueError, match="seed"):
             vg.seed(bad)
     monkeypatch.setenv(vg.THREADS_ENV, "zero")
@@ -149,6 +150,15 @@ def test_grad_norms_match_hand_computation():
     assert all(p.grad is None for p in m.parameters())
 
 
+def test_grad_norms_do_not_underflow():
+    # Entries of 1e-30 are normal float32 numbers, but their squares are not: the norm must still be 1e-30 * sqrt(n).
+    m = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    norms = probes.grad_norms(m, torch.full((1, 4), 1e-30), torch.zeros(1, 1), lambda out, t: (out - t).sum())
+    assert norms["weight"] == pytest.approx(2e-30, rel=1e-6)
+
+
 def test_grad_norms_vanish_in_deep_sigmoid_net():
     vg.seed(0)
     m = models.mlp(in_features=8, out_features=3, depth=15, width=16, activation="sigmoid", init="xavier")
@@ -160,8 +170,11 @@ def test_grad_norms_vanish_in_deep_sigmoid_net():
 def test_grad_norms_restore_mode_and_errors():
     m = models.mlp(in_features=2, out_features=2, depth=2, width=3, norm="batch")
     m.eval()
-    probes.grad_norms(m, torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), nn.functional.cross_entropy, train=True)
+    before = [b.clone() for b in m.buffers()]
+    probes.grad_norms(m, torch.randn(4, 2) + 5, torch.tensor([0, 1, 0, 1]), nn.functional.cross_entropy, train=True)
+    probes.activation_stats(m, torch.randn(4, 2) + 5, train=True)
     assert not any(mod.training for mod in m.modules())
+    assert all(torch.equal(a, b) for a, b in zip(before, m.buffers(), strict=True)), "running statistics changed"
     with pytest.raises(ValueError, match="scalar"):
         probes.grad_norms(m, torch.randn(4, 2), torch.zeros(4, 2), lambda o, t: (o - t) ** 2)
     with pytest.raises(ValueError, match="no parameters"):
@@ -238,6 +251,7 @@ def test_digits_split_and_standardization():
     assert xtr.shape[1] == 64 and len(xtr) + len(xte) == 1797
     assert abs(float(xtr.mean())) < 1e-4
     assert set(ytr.tolist()) == set(range(10))
+    assert float(xte.abs().max()) < 50, "a pixel blank in training must not become an outlier in the test set"
     with pytest.raises(ValueError, match="test_fraction"):
         data.digits(test_fraction=1.0)
 

@@ -11,7 +11,17 @@ The machinery lives in submodules, one idea each: :mod:`vanishing.models`
 (builders), :mod:`vanishing.probes` (measuring gradient flow),
 :mod:`vanishing.train` (a small training loop), :mod:`vanishing.data` (tasks),
 :mod:`vanishing.recurrent` (sequence models) and :mod:`vanishing.plots`
-(the book's figure style).
+(the book's figure style). The chapters add one module each for their own
+machinery: :mod:`vanishing.numerics` (floating-point formats),
+:mod:`vanishing.jacobians` and :mod:`vanishing.dynamics` (the prototypical
+models), :mod:`vanishing.ffn` (initializers and feed-forward measurements),
+:mod:`vanishing.sweeps` (many networks trained at once as stacked tensors),
+:mod:`vanishing.rbm` and :mod:`vanishing.hierarchy` (pretraining and history
+compression), :mod:`vanishing.search` (gradient-free search) and
+:mod:`vanishing.precision` (number formats on hardware).
+
+:mod:`vanishing.checkup` diagnoses the gradient flow of any PyTorch model:
+``vg.checkup.checkup(model, (inputs, targets), loss_fn)``.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed", "device", "scale", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV"]
+from . import checkup  # the book's diagnosis tool, reachable as vg.checkup.checkup
+
+__all__ = ["checkup", "seed", "device", "scale", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV"]
 __version__ = "0.1.0"
 
 #: Environment variable that forces a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
@@ -42,8 +54,8 @@ def seed(value: int = 0) -> None:
     the order of floating-point reductions then no longer depends on the
     machine, so stored notebook outputs reproduce bit for bit.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"seed: value must be a non-negative int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"seed: value must be an int in [0, 2**32), got {value!r}")
     threads = os.environ.get(THREADS_ENV, "1")
     if not threads.isdigit() or int(threads) < 1:
         raise ValueError(f"{THREADS_ENV} must be a positive integer, got {threads!r}")
@@ -53,7 +65,10 @@ def seed(value: int = 0) -> None:
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)  # also seeds every CUDA device
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        # CPU kernels are deterministic on one thread; on CUDA some are not unless asked.
+        # (Only here: the switch imports torch's compiler stack, which costs seconds.)
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if hasattr(torch.backends, "cudnn"):
         torch.backends.cudnn.benchmark = False
 

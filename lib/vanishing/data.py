@@ -34,12 +34,16 @@ def digits(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    _check_int("seed", seed, 0)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    mean, std = xtr.mean(axis=0), xtr.std(axis=0) + 1e-6
+    mean, std = xtr.mean(axis=0), xtr.std(axis=0)
+    # A pixel that is blank in every training image has no spread: leave it unscaled
+    # (dividing by a tiny epsilon would turn a rare test-set stroke into a 1e6 outlier).
+    std = np.where(std > 0, std, 1.0)
     as_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32, device=device)  # noqa: E731
     as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)  # noqa: E731
     return (as_x(xtr), as_y(ytr)), (as_x(xte), as_y(yte))
@@ -54,10 +58,10 @@ def spirals(
     """
     _check_int("n", n, 1)
     _check_int("classes", classes, 2)
-    if not turns > 0:
-        raise ValueError(f"turns must be positive, got {turns!r}")
-    if not noise >= 0:
-        raise ValueError(f"noise must be non-negative, got {noise!r}")
+    if not (isinstance(turns, (int, float)) and 0 < turns < float("inf")):
+        raise ValueError(f"turns must be a positive finite number, got {turns!r}")
+    if not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
+        raise ValueError(f"noise must be a non-negative finite number, got {noise!r}")
     g = _gen(seed)
     labels = torch.arange(n) % classes
     radius = torch.rand(n, generator=g)

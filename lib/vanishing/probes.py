@@ -39,8 +39,13 @@ def _check_model(model: object) -> None:
 
 @contextmanager
 def _mode(model: nn.Module, train: bool | None):
-    """Temporarily set train/eval mode of every submodule, restoring each one's own flag."""
+    """Temporarily set train/eval mode of every submodule, restoring each one's own flag.
+
+    Buffers (batch normalization's running statistics) are restored too: a
+    forward pass in training mode would otherwise update them.
+    """
     saved = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     if train is not None:
         model.train(train)
     try:
@@ -48,6 +53,9 @@ def _mode(model: nn.Module, train: bool | None):
     finally:
         for m, flag in saved:
             m.training = flag
+        with torch.no_grad():
+            for b, copy in buffers:
+                b.copy_(copy)
 
 
 def grad_norms(
@@ -71,10 +79,13 @@ def grad_norms(
     params = dict(model.named_parameters())
     with _mode(model, train):
         loss = loss_fn(model(inputs), targets)
-    if loss.dim() != 0:
-        raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
-    grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-    return {n: (0.0 if g is None else float(g.detach().float().norm())) for n, g in zip(names, grads, strict=True)}
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
+        # Inside the context: the graph saved the buffers, which are restored on leaving it.
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+    # The norm is taken in float64: squaring float32 entries of 1e-20 or less underflows,
+    # and a small but nonzero gradient would be reported as exactly zero.
+    return {n: (0.0 if g is None else float(g.detach().double().norm())) for n, g in zip(names, grads, strict=True)}
 
 
 def _max_derivative(module: nn.Module) -> float:
@@ -98,6 +109,10 @@ def activation_stats(
     derivative is below ``threshold`` times the activation's largest
     derivative - and ``dead`` - the fraction of units whose derivative is exactly
     zero for every example in the batch (a dead rectifier passes no gradient).
+    Units are the last dimension of the activation (an MLP's features); for
+    rectifiers, ``saturated`` is simply the share of inactive entries (about
+    half in a healthy layer), since they saturate on one side by design.
+    For convolutional feature maps use :mod:`vanishing.checkup`, which counts channels.
     """
     _check_model(model)
     if not 0.0 < threshold < 1.0:
@@ -145,12 +160,13 @@ def update_ratios(model: nn.Module, lr: float) -> dict[str, float]:
     magnitude less means it is effectively not learning.
     """
     _check_model(model)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
     out = {}
     for n, p in model.named_parameters():
         if p.dim() >= 2 and p.grad is not None:
-            out[n] = float((lr * p.grad).float().std() / p.detach().float().std().clamp_min(1e-30))
+            # float64: the spread of a 1e-20 gradient would underflow when squared in float32.
+            out[n] = float((lr * p.grad.detach().double()).std() / p.detach().double().std().clamp_min(1e-300))
     if not out:
         raise ValueError("no weight matrix has a .grad: call loss.backward() before update_ratios")
     return out

@@ -70,11 +70,11 @@ def train(
     for name, value in (("steps", steps), ("eval_every", eval_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    if clip is not None and not clip > 0:
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
         raise ValueError(f"clip must be positive or None, got {clip!r}")
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
@@ -132,11 +132,12 @@ def train(
         opt.zero_grad(set_to_none=True)
         value = loss_fn(model(x), y)
         if not torch.isfinite(value):
-            raise FloatingPointError(f"train: the loss became {float(value)} at step {step}; lower lr or clip")
+            raise FloatingPointError(f"train: the loss became {value.item()} at step {step}; lower lr or clip")
         value.backward()
         batch_norms = None
         if record_grad_norms and (step % eval_every == 0 or step == 1):
-            batch_norms = {k: float(params[k].grad.norm()) if params[k].grad is not None else 0.0 for k in names}
+            # float64 norm: squares of float32 gradients below ~1e-19 would underflow to zero.
+            batch_norms = {k: float(params[k].grad.double().norm()) if params[k].grad is not None else 0.0 for k in names}
         if clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()

@@ -1,0 +1,826 @@
+"""A gradient-flow checkup for any PyTorch model: one call, per-layer numbers, a verdict per symptom.
+
+:func:`checkup` runs one forward and one backward pass of a model on a batch
+(optionally also a few SGD steps on a copy) and returns a :class:`Report`:
+
+* per weight matrix: gradient norm and its ratio to the last weight matrix,
+  weight norm, update-to-weight ratio for a learning rate, and the share of
+  gradient entries that are exactly zero, subnormal or non-finite;
+* per activation module: mean, spread, saturated share (sigmoid/tanh-like
+  units) and dead share (rectifiers); recurrent cores (``nn.RNN``, ``nn.GRU``,
+  ``nn.LSTM``) are measured on their hidden states;
+* for sequence inputs: the gradient norm at every input time step;
+* a verdict for each symptom the book explains - vanishing, exploding,
+  saturation, dead units, underflow and non-finite values - with the numbers
+  behind it, the chapter that explains it and the fixes that apply, ranked.
+
+The report prints as a deterministic text table (numbers rounded to three
+significant figures, so stored notebook outputs reproduce), renders as an HTML
+table in a notebook, draws itself (:meth:`Report.plot`) and converts to plain
+Python data (:meth:`Report.to_dict`).
+
+The checkup leaves the model as it found it: parameters, buffers (batch-norm
+running statistics), ``.grad`` fields, hooks, training flags and the random
+number generators' states are all restored. Gradients are taken with
+:func:`torch.autograd.grad`, so hooks registered on ``.grad`` accumulation do
+not fire.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import probes
+
+__all__ = [
+    "THRESHOLDS",
+    "SYMPTOMS",
+    "SATURATING",
+    "RECTIFIERS",
+    "Verdict",
+    "Report",
+    "checkup",
+    "low_precision_floor",
+]
+
+#: Activation modules whose derivative vanishes at both ends (saturation is measured for these).
+SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Softsign, nn.LogSigmoid)
+#: Rectifier-like activation modules (dead units are measured for these).
+RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+              nn.Mish, nn.Softplus, nn.Hardswish)
+
+#: The symptoms a report judges, in the order it lists them.
+SYMPTOMS = ("vanishing", "exploding", "saturation", "dead", "underflow", "nonfinite")
+
+#: Default decision thresholds; :doc:`13_checkup` measures healthy and broken networks to justify them.
+THRESHOLDS: dict[str, float] = {
+    # smallest gradient-norm ratio (layer / last layer, or first / last time step) still called healthy
+    "vanishing_ratio": 1e-2,
+    # largest gradient-norm ratio still called healthy
+    "exploding_ratio": 1e2,
+    # largest update-to-weight ratio std(lr*g)/std(W) still called healthy (one step as large as the weights)
+    "update_ratio": 1.0,
+    # activation derivative below this share of its maximum counts as saturated ...
+    "saturation_derivative": 0.1,
+    # ... and a layer with more than this share of saturated entries is saturated
+    "saturated_share": 0.5,
+    # share of rectifier units (over all rectifier layers) dead on the whole batch
+    "dead_share": 0.5,
+    # share of a layer's gradient entries below the dtype's normal range (subnormal or flushed to zero)
+    "underflow_share": 0.01,
+}
+
+# What explains each symptom and what to try, best first. ``{rec}`` entries apply to recurrent models.
+_CHAPTERS = {
+    "vanishing": "05_activations",
+    "exploding": "04_loss_wall",
+    "saturation": "05_activations",
+    "dead": "05_activations",
+    "underflow": "12_hardware",
+    "nonfinite": "12_hardware",
+}
+
+
+def _fixes(symptom: str, *, recurrent: bool, saturating: bool, in_time: bool) -> list[tuple[str, str]]:
+    """Fixes for ``symptom``, ranked for the kind of model measured: (what to do, chapter)."""
+    if symptom == "vanishing":
+        if in_time:
+            return [
+                ("use a gated cell (LSTM/GRU) with a positive forget-gate bias", "09_lstm"),
+                ("initialize the recurrent matrix orthogonally (spectral radius near 1)", "03_dynamical_system"),
+                ("shorten the lag the gradient must cross, or give it a direct path (attention)", "02_recurrent_model"),
+            ]
+        fixes = [
+            ("add residual connections around the blocks", "08_residual"),
+            ("initialize for the activation (He for rectifiers, Xavier for tanh)", "06_initialization"),
+            ("normalize pre-activations (batch or layer norm)", "07_normalization"),
+        ]
+        if saturating:
+            fixes.insert(0, ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations"))
+        return fixes
+    if symptom == "exploding":
+        fixes = [
+            ("clip the gradient norm", "04_loss_wall"),
+            ("lower the learning rate", "04_loss_wall"),
+            ("shrink the initial weights to variance-preserving scale", "06_initialization"),
+            ("normalize pre-activations (batch or layer norm)", "07_normalization"),
+        ]
+        if recurrent:
+            fixes.insert(2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system"))
+        return fixes
+    if symptom == "saturation":
+        return [
+            ("normalize pre-activations (batch or layer norm)", "07_normalization"),
+            ("shrink the initial weights (Xavier scale)", "06_initialization"),
+            ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations"),
+        ]
+    if symptom == "dead":
+        return [
+            ("use a leaky rectifier (LeakyReLU, GELU)", "05_activations"),
+            ("lower the learning rate (a large step kills units)", "04_loss_wall"),
+            ("He initialization with zero biases", "06_initialization"),
+            ("normalize pre-activations (batch norm centres every unit)", "07_normalization"),
+        ]
+    if symptom == "underflow":
+        return [
+            ("scale the loss (dynamic loss scaling) before backward", "12_hardware"),
+            ("train in bfloat16 (float32's exponent range) instead of float16", "12_hardware"),
+            ("keep float32 master weights (mixed precision)", "12_hardware"),
+        ]
+    return [
+        ("find the first layer with non-finite values; lower the learning rate or clip", "04_loss_wall"),
+        ("compute the loss and its softmax in float32; lower the loss scale", "12_hardware"),
+    ]
+
+
+@dataclass
+class Verdict:
+    """The judgement on one symptom: ``found`` is True, False, or None when it cannot be measured here."""
+
+    symptom: str
+    found: bool | None
+    evidence: str
+    chapter: str
+    fixes: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``"FOUND"``, ``"ok"`` or ``"n/a"``."""
+        return "n/a" if self.found is None else ("FOUND" if self.found else "ok")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as plain Python data."""
+        return {"symptom": self.symptom, "found": self.found, "status": self.status, "evidence": self.evidence,
+                "chapter": self.chapter, "fixes": [{"fix": f, "chapter": c} for f, c in self.fixes]}
+
+
+def _fmt(x: float | None) -> str:
+    """Three significant figures, the same on every machine; ``-`` for a missing value."""
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    return f"{x:.2e}"
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+@dataclass
+class Report:
+    """Everything one checkup measured, with its verdicts.
+
+    ``layers``: one dict per weight matrix (input side first); ``activations``:
+    one dict per activation module or recurrent core; ``time_profile``: the
+    gradient norm at each input time step (None when the input is not a
+    sequence); ``verdicts``: symptom -> :class:`Verdict`; ``losses``: the loss
+    before and after each of the optional training steps.
+    """
+
+    loss: float
+    dtype: str
+    lr: float
+    layers: list[dict[str, Any]]
+    activations: list[dict[str, Any]]
+    time_profile: list[float] | None
+    verdicts: dict[str, Verdict]
+    losses: list[float] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
+
+    @property
+    def healthy(self) -> bool:
+        """True when no symptom was found."""
+        return not any(v.found for v in self.verdicts.values())
+
+    @property
+    def found(self) -> list[str]:
+        """The symptoms found, in :data:`SYMPTOMS` order."""
+        return [s for s, v in self.verdicts.items() if v.found]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole report as plain Python data (lists, dicts, floats, strings), for programs."""
+        return {
+            "loss": self.loss,
+            "dtype": self.dtype,
+            "lr": self.lr,
+            "healthy": self.healthy,
+            "layers": [dict(r) for r in self.layers],
+            "activations": [dict(r) for r in self.activations],
+            "time_profile": None if self.time_profile is None else list(self.time_profile),
+            "verdicts": {s: v.to_dict() for s, v in self.verdicts.items()},
+            "losses": list(self.losses),
+            "thresholds": dict(self.thresholds),
+        }
+
+    # ---- text -----------------------------------------------------------------
+    def _layer_rows(self) -> list[list[str]]:
+        rows = []
+        for r in self.layers:
+            rows.append([
+                r["name"], "x".join(map(str, r["shape"])), _fmt(r["grad_norm"]), _fmt(r["grad_ratio"]),
+                _fmt(r["weight_norm"]), _fmt(r["update_ratio"]), _share(r["zero"]), _share(r["subnormal"]),
+                str(r["nonfinite"]), _share(r.get("flushed")),
+            ])
+        return rows
+
+    _LAYER_HEAD = ["layer", "shape", "|grad|", "ratio", "|W|", "update", "zero", "subn", "nonfin", "flushed"]
+    _ACT_HEAD = ["activation", "kind", "mean", "std", "saturated", "dead"]
+
+    def _act_rows(self) -> list[list[str]]:
+        return [[a["name"], a["kind"], f"{a['mean']:.3g}", f"{a['std']:.3g}", _share(a["saturated"]),
+                 _share(a["dead"])] for a in self.activations]
+
+    @staticmethod
+    def _table(head: list[str], rows: list[list[str]]) -> str:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                       for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+    def summary(self) -> str:
+        """The verdicts alone, one line each, with the top-ranked fix for each symptom found."""
+        lines = []
+        for v in self.verdicts.values():
+            lines.append(f"{v.status:>5}  {v.symptom:<10} {v.evidence}")
+            if v.found and v.fixes:
+                fix, chapter = v.fixes[0]
+                lines.append(f"{'':>5}  {'':<10} -> {fix} ({chapter})")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = f"checkup: loss {_fmt(self.loss)}, dtype {self.dtype}, lr {self.lr:g}"
+        if self.losses:
+            head += f", loss after {len(self.losses) - 1} SGD steps {_fmt(self.losses[-1])}"
+        verdict = "healthy" if self.healthy else "found: " + ", ".join(self.found)
+        parts = [head + f" -> {verdict}", "", self.summary(), "", self._table(self._LAYER_HEAD, self._layer_rows())]
+        if self.activations:
+            parts += ["", self._table(self._ACT_HEAD, self._act_rows())]
+        if self.time_profile is not None:
+            t = self.time_profile
+            parts += ["", f"input gradient by time step: first {_fmt(t[0])}, last {_fmt(t[-1])}, "
+                          f"first/last {_fmt(_ratio(t[0], t[-1]))} over {len(t)} steps"]
+        return "\n".join(parts)
+
+    __repr__ = __str__
+
+    # ---- HTML -----------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        colour = {"FOUND": "#D55E00", "ok": "#009E73", "n/a": "#777777"}
+        esc = html.escape
+        out = [f"<div><p><b>checkup</b>: loss {_fmt(self.loss)}, dtype {esc(self.dtype)}, lr {self.lr:g} &rarr; "
+               + ("<b style='color:#009E73'>healthy</b>" if self.healthy
+                  else "<b style='color:#D55E00'>found: " + esc(", ".join(self.found)) + "</b>") + "</p>"]
+        out.append("<table><tr><th>status</th><th>symptom</th><th>evidence</th><th>chapter</th>"
+                   "<th>fixes, best first</th></tr>")
+        for v in self.verdicts.values():
+            fixes = "; ".join(f"{i + 1}. {esc(f)} ({esc(c)})" for i, (f, c) in enumerate(v.fixes)) if v.found else ""
+            out.append(f"<tr><td style='color:{colour[v.status]}'><b>{v.status}</b></td><td>{esc(v.symptom)}</td>"
+                       f"<td>{esc(v.evidence)}</td><td>{esc(v.chapter)}</td><td>{fixes}</td></tr>")
+        out.append("</table>")
+        for head, rows in ((self._LAYER_HEAD, self._layer_rows()), (self._ACT_HEAD, self._act_rows())):
+            if not rows:
+                continue
+            out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
+            out.append("</table>")
+        out.append("</div>")
+        return "\n".join(out)
+
+    # ---- figure ---------------------------------------------------------------
+    def plot(self, ax: Any = None, *, label: str | None = None, color: str | None = None,
+             mark_legend: bool = True) -> Any:
+        """Per-layer gradient norms on a log scale; layers behind a symptom are marked.
+
+        Crosses mark layers whose ratio to the last layer crosses the vanishing
+        or exploding threshold; open squares on the bottom edge mark layers whose
+        gradient is entirely zero or non-finite. ``mark_legend=False`` keeps the
+        markers out of the legend (when several reports share one axes).
+        Returns the axes.
+        """
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        from .plots import COLORS, PALETTE
+
+        if ax is None:
+            _, ax = plt.subplots()
+        g = np.array([r["grad_norm"] if r["grad_norm"] is not None else np.nan for r in self.layers], dtype=float)
+        idx = np.arange(1, len(g) + 1)
+        ok = np.isfinite(g) & (g > 0)
+        c = color or PALETTE[0]
+        ax.plot(idx[ok], g[ok], marker="o", ms=3, color=c, label=label)
+        ax.set_yscale("log")
+        lo, hi = self.thresholds["vanishing_ratio"], self.thresholds["exploding_ratio"]
+        ratio = np.array([r["grad_ratio"] if r["grad_ratio"] is not None else np.nan for r in self.layers])
+        bad = ok & ((ratio < lo) | (ratio > hi))
+        if bad.any():
+            ax.plot(idx[bad], g[bad], ls="none", marker="x", ms=7, color=COLORS["linear"],
+                    label="layer/last ratio beyond threshold" if mark_legend else None)
+        dead = ~ok
+        if dead.any():
+            bottom = g[ok].min() / 10 if ok.any() else 1e-45
+            ax.plot(idx[dead], np.full(dead.sum(), bottom), ls="none", marker="s", mfc="none", ms=6,
+                    color=COLORS["linear"], label="gradient all zero or non-finite" if mark_legend else None)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.set_xlabel("weight matrix (1 = nearest the input)")
+        ax.set_ylabel("gradient norm ‖∂L/∂W‖")
+        return ax
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    if b == 0:
+        return None if a == 0 else math.inf
+    return a / b
+
+
+def _norm(t: torch.Tensor, dim: list[int] | None = None) -> torch.Tensor:
+    """Euclidean norm computed on ``t / max|t|``, so that it cannot underflow.
+
+    A plain float32 norm squares its entries: every entry below about 1e-19 squares to below the smallest normal
+    float32 and the norm of a tiny, but non-zero, gradient comes out as exactly zero (a 50-layer sigmoid network
+    shows this). Dividing by the largest magnitude first keeps the squares in range.
+    """
+    t = t.detach().float()
+    peak = t.abs().amax()
+    if not torch.isfinite(peak) or peak == 0:
+        return t.norm(dim=dim)  # zero stays zero; inf and nan propagate
+    return (t / peak).norm(dim=dim) * peak
+
+
+def _spread(t: torch.Tensor) -> float:
+    """Standard deviation of ``t`` (rescaled like :func:`_norm`); the absolute value for a single entry."""
+    t = t.detach().float()
+    if t.numel() < 2:
+        return float(t.abs().reshape(()))
+    peak = t.abs().amax()
+    if not torch.isfinite(peak) or peak == 0:
+        return float(t.std())
+    return float((t / peak).std() * peak)
+
+
+def _unscale(g: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    """The gradient in float32 with the loss scale divided out (no copy when there is nothing to do)."""
+    if g is None:
+        return None
+    g = g.detach().float()
+    return g if scale == 1.0 else g / scale
+
+
+def low_precision_floor(dtype: torch.dtype) -> float:
+    """The smallest positive normal number of ``dtype``: gradients below it lose precision or flush to zero."""
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    return float(torch.finfo(dtype).tiny)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if not dtypes:
+        raise ValueError("model has no floating-point parameters: there is no gradient to measure")
+    # A mixed model is judged by its narrowest floating type, where trouble starts first.
+    return min(dtypes, key=lambda d: torch.finfo(d).bits)
+
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(o, dtype) for o in obj)
+    if isinstance(obj, Mapping):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _unit_dim(t: torch.Tensor) -> int:
+    # Convolutional feature maps (N, C, H, W[, D]) have their units (channels) on dim 1;
+    # everything else (N, features) or (N, T, features) on the last dim.
+    return 1 if t.dim() >= 4 else t.dim() - 1
+
+
+def _dead_share(deriv_zero: torch.Tensor) -> float:
+    """Share of units whose derivative is zero for every entry of the batch (and every position)."""
+    d = _unit_dim(deriv_zero)
+    per_unit = deriv_zero.movedim(d, -1).reshape(-1, deriv_zero.shape[d])
+    return float(per_unit.all(dim=0).float().mean())
+
+
+class _Recorder:
+    """Forward hooks that summarize activation modules and recurrent cores as the batch passes."""
+
+    def __init__(self, model: nn.Module, threshold: float):
+        self.threshold = threshold
+        self.names = {m: n for n, m in model.named_modules()}
+        self.records: list[dict[str, Any]] = []
+        self.handles = []
+        self._max = {}
+        for m in model.modules():
+            if isinstance(m, SATURATING + RECTIFIERS):
+                self.handles.append(m.register_forward_hook(self._activation))
+            elif isinstance(m, nn.RNNBase):
+                self.handles.append(m.register_forward_hook(self._recurrent))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _max_derivative(self, module: nn.Module) -> float:
+        key = type(module), repr(module)
+        if key not in self._max:
+            z = torch.linspace(-20, 20, 40001, requires_grad=True)
+            with torch.enable_grad():
+                (d,) = torch.autograd.grad(module.forward(z).sum(), z)
+            self._max[key] = float(d.abs().max())
+        return self._max[key]
+
+    def _activation(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        with torch.enable_grad():
+            z = args[0].detach().float().requires_grad_(True)
+            out = module.forward(z)  # forward(), not __call__: no hooks, no recursion
+            (d,) = torch.autograd.grad(out.sum(), z)
+        d, out = d.abs(), out.detach()
+        saturating = isinstance(module, SATURATING)
+        self.records.append({
+            "name": self.names[module],
+            "kind": type(module).__name__,
+            "mean": float(out.mean()),
+            "std": float(out.std()) if out.numel() > 1 else 0.0,
+            "saturated": float((d < self.threshold * self._max_derivative(module)).float().mean())
+            if saturating else None,
+            "dead": None if saturating else _dead_share(d == 0),
+        })
+
+    def _recurrent(self, module: nn.RNNBase, args: tuple, output: Any) -> None:
+        states = output[0] if isinstance(output, tuple) else output
+        if not isinstance(states, torch.Tensor):  # a packed sequence: leave it unmeasured
+            return
+        h = states.detach().float()
+        relu = getattr(module, "nonlinearity", "tanh") == "relu"
+        # The last hidden state of an RNN is the nonlinearity's output: tanh' = 1 - h^2, relu' = [h > 0].
+        # LSTM hidden states are o * tanh(c), so 1 - h^2 only bounds their saturation from below.
+        self.records.append({
+            "name": self.names[module],
+            "kind": type(module).__name__ + ("(relu)" if relu else "(tanh)"),
+            "mean": float(h.mean()),
+            "std": float(h.std()) if h.numel() > 1 else 0.0,
+            "saturated": None if relu else float((1 - h * h < self.threshold).float().mean()),
+            "dead": _dead_share(h == 0) if relu else None,
+        })
+
+
+def _time_dim(model: nn.Module, inputs: Any, time_dim: int | str | None) -> int | None:
+    if time_dim is None:
+        return None
+    x = inputs
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        if time_dim == "auto":
+            return None
+        raise ValueError("time_dim needs the inputs to be one floating-point tensor (a batch of sequences)")
+    if time_dim == "auto":
+        cores = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+        if not cores or x.dim() != 3:
+            return None
+        return 1 if cores[0].batch_first else 0
+    if isinstance(time_dim, bool) or not isinstance(time_dim, int) or not 0 <= time_dim < x.dim():
+        raise ValueError(f"time_dim must be 'auto', None or a dimension of the inputs (0..{x.dim() - 1}), "
+                         f"got {time_dim!r}")
+    return time_dim
+
+
+def _forward_backward(model, inputs, targets, loss_fn, recorder_threshold, time_dim, record=True, scale=1.0):
+    """One forward and backward pass of ``scale * loss``.
+
+    Returns (loss, {name: raw scaled grad or None}, activation records, input grad).
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    recorder = _Recorder(model, recorder_threshold) if record else None
+    leaf = None
+    if time_dim is not None:
+        leaf = inputs.detach().clone().requires_grad_(True)
+        inputs = leaf
+    try:
+        with torch.enable_grad():
+            try:
+                output = _call(model, inputs)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                if "not implemented for 'Half'" in str(err):
+                    raise ValueError(
+                        "the model's float16 forward pass is not supported on this device "
+                        f"({err}); run the checkup on CUDA or in bfloat16") from err
+                raise ValueError(f"batch does not fit the model: the forward pass failed with "
+                                 f"{type(err).__name__}: {err}") from err
+            try:
+                loss = loss_fn(output, targets)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                raise ValueError(f"loss_fn failed on the model's output and the targets: "
+                                 f"{type(err).__name__}: {err}") from err
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise ValueError(f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. .mean())")
+            if not loss.requires_grad:
+                raise ValueError("the loss does not depend on any parameter that requires grad")
+            wanted = [p for _, p in params] + ([leaf] if leaf is not None else [])
+            grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, wanted, allow_unused=True)
+    finally:
+        if recorder is not None:
+            recorder.remove()
+    named = {n: g for (n, _), g in zip(params, grads, strict=False)}  # grads may end with the input's
+    return loss.detach(), named, (recorder.records if recorder else []), (grads[-1] if leaf is not None else None)
+
+
+def _check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float]:
+    out = dict(THRESHOLDS)
+    if thresholds is None:
+        return out
+    if not isinstance(thresholds, Mapping):
+        raise ValueError(f"thresholds must be a dict or None, got {type(thresholds).__name__}")
+    for k, v in thresholds.items():
+        if k not in THRESHOLDS:
+            raise ValueError(f"thresholds: unknown key {k!r}; allowed: {', '.join(THRESHOLDS)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"thresholds[{k!r}] must be a positive number, got {v!r}")
+        out[k] = float(v)
+    if not out["saturation_derivative"] < 1 or not out["saturated_share"] <= 1 or not out["dead_share"] <= 1:
+        raise ValueError("thresholds: saturation_derivative must be < 1, saturated_share and dead_share <= 1")
+    if not out["vanishing_ratio"] < out["exploding_ratio"]:
+        raise ValueError("thresholds: vanishing_ratio must be smaller than exploding_ratio")
+    return out
+
+
+def checkup(
+    model: nn.Module,
+    batch: tuple[Any, Any],
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    *,
+    lr: float = 1e-2,
+    steps: int = 0,
+    train: bool | None = None,
+    time_dim: int | str | None = "auto",
+    reference: bool = True,
+    loss_scale: float = 1.0,
+    thresholds: Mapping[str, float] | None = None,
+) -> Report:
+    """Measure gradient flow through ``model`` on one ``batch`` and judge each symptom.
+
+    ``batch`` is ``(inputs, targets)``; ``inputs`` is a tensor, a tuple of
+    tensors (passed as positional arguments) or a dict (keyword arguments), and
+    ``loss_fn(model(inputs), targets)`` must return a scalar. ``lr`` is the
+    learning rate the update-to-weight ratios assume (plain SGD: the step is
+    ``lr * grad``). ``steps > 0`` also runs that many SGD steps on a copy of the
+    model and records the losses. ``train`` temporarily sets train/eval mode
+    (``None`` keeps the model's). ``time_dim`` is the time dimension of a
+    sequence input whose per-step gradient to profile (``"auto"``: dimension 1
+    or 0 of a 3-D input when the model contains a recurrent core, following its
+    ``batch_first``). For a float16/bfloat16 model, ``reference=True`` repeats
+    the pass on a float32 copy to count the gradient entries the low precision
+    flushed to zero. ``loss_scale`` multiplies the loss before the backward
+    pass, as mixed-precision training does to lift small gradients out of the
+    underflow range; zero/subnormal/flushed shares describe the scaled
+    gradients the hardware stores, every norm and ratio the unscaled ones.
+    ``thresholds`` overrides entries of :data:`THRESHOLDS`.
+
+    The model comes back exactly as it went in: parameters, buffers, ``.grad``,
+    hooks, training flags and random-number-generator states.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no parameters that require grad: there is no gradient to measure")
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}"
+                         + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable (outputs, targets) -> scalar, got {type(loss_fn).__name__}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if train is not None and not isinstance(train, bool):
+        raise ValueError(f"train must be True, False or None, got {train!r}")
+    if time_dim is not None and time_dim != "auto" and (isinstance(time_dim, bool) or not isinstance(time_dim, int)):
+        raise ValueError(f"time_dim must be 'auto', None or an int, got {time_dim!r}")
+    if (isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0
+            or not math.isfinite(loss_scale)):
+        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
+    th = _check_thresholds(thresholds)
+    dtype = _model_dtype(model)
+    inputs, targets = batch
+    tdim = _time_dim(model, inputs, time_dim)
+    weights = probes.weight_names(model)
+    if not weights:
+        raise ValueError("model has no weight matrices (parameters with 2+ dimensions) to measure")
+
+    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None})
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    with torch.random.fork_rng(devices=devices), probes._mode(model, train):
+        try:
+            with torch.random.fork_rng(devices=devices):  # the float32 reference then sees the same dropout
+                loss, grads, acts, xgrad = _forward_backward(model, inputs, targets, loss_fn,
+                                                             th["saturation_derivative"], tdim, scale=loss_scale)
+            flushed = None
+            raw = grads
+            grads = {n: _unscale(g, loss_scale) for n, g in raw.items()}
+            if xgrad is not None:
+                xgrad = _unscale(xgrad, loss_scale)
+            if reference and dtype in (torch.float16, torch.bfloat16):
+                ref = copy.deepcopy(model).float()
+                _, ref_grads, _, _ = _forward_backward(ref, _cast_floats(inputs, torch.float32), targets,
+                                                       loss_fn, th["saturation_derivative"], None, record=False)
+                flushed = {n: ref_grads.get(n) for n in weights}
+            losses = _sgd_losses(model, inputs, targets, loss_fn, lr, steps) if steps else []
+        finally:
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    if n in buffers:
+                        b.copy_(buffers[n])
+
+    params = dict(model.named_parameters())
+    # The update-to-weight ratio of probes.update_ratios, std(lr * g) / std(W), computed here in float32
+    # from the unscaled gradient (probes reads .grad, which the checkup must not touch, and which a
+    # float16 model could not even hold unscaled).
+    updates = {n: lr * _spread(grads[n]) / max(_spread(params[n]), 1e-30) for n in weights if grads[n] is not None}
+
+    tiny = low_precision_floor(dtype)
+    last = next((grads[n] for n in reversed(weights) if grads[n] is not None), None)
+    last_norm = float(_norm(last)) if last is not None else None
+    layers = []
+    for n in weights:
+        g, w, graw = grads[n], params[n].detach(), raw[n]
+        row: dict[str, Any] = {"name": n, "shape": list(w.shape), "weight_norm": float(_norm(w))}
+        if g is None:  # the parameter does not influence this loss
+            row.update(grad_norm=None, grad_ratio=None, update_ratio=None, zero=None, subnormal=None, nonfinite=0)
+        else:
+            a = graw.detach().abs()  # what the dtype stores: the scaled gradient
+            size = a.numel()
+            zeros = int((a == 0).sum())
+            norm = float(_norm(g))
+            row.update(
+                grad_norm=norm,
+                grad_ratio=_ratio(norm, last_norm),
+                update_ratio=updates.get(n),
+                zero=zeros / size,
+                subnormal=(int((a < tiny).sum()) - zeros) / size,
+                nonfinite=size - int(torch.isfinite(a).sum()),
+            )
+        if flushed is not None:
+            r = flushed[n]
+            if g is None or r is None:
+                row["flushed"] = None
+            else:
+                # entries whose (scaled) float32 value lies below the low precision's normal range: the
+                # dtype stores them as subnormals with few significant bits, or as zero. Judged on the
+                # float32 magnitudes, so rounding differences between the two passes do not count.
+                ref = r.detach().abs() * loss_scale
+                row["flushed"] = float(((ref > 0) & (ref < tiny)).float().mean())
+        layers.append(row)
+
+    time_profile = None
+    if xgrad is not None:
+        other = [d for d in range(xgrad.dim()) if d != tdim]
+        time_profile = [float(v) for v in _norm(xgrad, dim=other)]
+
+    model_has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th, model_has_rnn)
+    return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr), layers=layers,
+                  activations=acts, time_profile=time_profile, verdicts=verdicts, losses=losses, thresholds=th)
+
+
+def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
+    """Loss before each of ``steps`` plain SGD steps on a copy of the model, and after the last."""
+    clone = copy.deepcopy(model)
+    for p in clone.parameters():
+        p.grad = None
+    opt = torch.optim.SGD([p for p in clone.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        value = loss_fn(_call(clone, inputs), targets)
+        losses.append(float(value.detach().float()))
+        if not math.isfinite(losses[-1]):
+            return losses
+        value.backward()
+        opt.step()
+    with torch.no_grad():
+        losses.append(float(loss_fn(_call(clone, inputs), targets).detach().float()))
+    return losses
+
+
+def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, Verdict]:
+    """Turn the measurements into one :class:`Verdict` per symptom."""
+    lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
+    saturating = any(a["saturated"] is not None for a in acts)
+    measured = [r for r in layers if r["grad_ratio"] is not None]
+    out: dict[str, Verdict] = {}
+
+    def verdict(symptom, found, evidence, *, in_time=False):
+        fixes = _fixes(symptom, recurrent=recurrent, saturating=saturating, in_time=in_time) if found else []
+        chapter = "09_lstm" if (symptom == "vanishing" and in_time) else _CHAPTERS[symptom]
+        out[symptom] = Verdict(symptom, found, evidence, chapter, fixes)
+
+    # vanishing: in depth (layer / last layer) and, for sequences, in time (first / last step)
+    t_ratio = _ratio(time_profile[0], time_profile[-1]) if time_profile else None
+    if not measured and t_ratio is None and not any(r["grad_norm"] == 0 for r in layers):
+        verdict("vanishing", None, "no layer has a finite gradient ratio to the last layer")
+    else:
+        worst = min(measured, key=lambda r: r["grad_ratio"]) if measured else None
+        parts, found, in_time = [], False, False
+        silent = [r for r in layers if r["grad_norm"] == 0]
+        if silent:
+            parts.append(f"{len(silent)} of {len(layers)} weight matrices get an all-zero gradient "
+                         f"(first: {silent[0]['name']})")
+            found = True
+        if worst is not None:
+            parts.append(f"smallest layer/last gradient ratio {_fmt(worst['grad_ratio'])} at {worst['name']} "
+                         f"(threshold {lo:g})")
+            found |= worst["grad_ratio"] < lo
+        if t_ratio is not None:
+            parts.append(f"first/last time-step gradient ratio {_fmt(t_ratio)} over {len(time_profile)} steps")
+            if t_ratio < lo:
+                found, in_time = True, True
+        verdict("vanishing", found, "; ".join(parts), in_time=in_time)
+
+    # exploding: a layer's gradient far above the last one's, or one SGD step moving a layer too far
+    finite_ratios = [r for r in measured if math.isfinite(r["grad_ratio"])]
+    ups = [r for r in layers if r["update_ratio"] is not None and math.isfinite(r["update_ratio"])]
+    if not finite_ratios and not ups:
+        verdict("exploding", None, "no finite gradient to compare")
+    else:
+        parts, found = [], False
+        if finite_ratios:
+            top = max(finite_ratios, key=lambda r: r["grad_ratio"])
+            parts.append(f"largest layer/last ratio {_fmt(top['grad_ratio'])} at {top['name']} (threshold {hi:g})")
+            found |= top["grad_ratio"] > hi
+        if t_ratio is not None and math.isfinite(t_ratio) and t_ratio > hi:
+            parts.append(f"first/last time-step ratio {_fmt(t_ratio)}")
+            found = True
+        if ups:
+            big = max(ups, key=lambda r: r["update_ratio"])
+            parts.append(f"largest update/weight {_fmt(big['update_ratio'])} at {big['name']} "
+                         f"(threshold {th['update_ratio']:g})")
+            found |= big["update_ratio"] > th["update_ratio"]
+        verdict("exploding", found, "; ".join(parts))
+
+    # saturation: sigmoid/tanh-like layers (and tanh recurrent cores) with most entries on the flat tails
+    sat = [a for a in acts if a["saturated"] is not None]
+    if not sat:
+        verdict("saturation", None, "no sigmoid/tanh-like units found")
+    else:
+        worst = max(sat, key=lambda a: a["saturated"])
+        verdict("saturation", worst["saturated"] > th["saturated_share"],
+                f"largest saturated share {worst['saturated']:.2f} at {worst['name']} "
+                f"(threshold {th['saturated_share']:g})")
+
+    # dead units: rectifier units that are zero for the whole batch
+    rect = [a for a in acts if a["dead"] is not None]
+    if not rect:
+        verdict("dead", None, "no rectifier units found")
+    else:
+        mean_dead = sum(a["dead"] for a in rect) / len(rect)
+        worst = max(rect, key=lambda a: a["dead"])
+        verdict("dead", mean_dead > th["dead_share"],
+                f"mean dead share {mean_dead:.2f} over {len(rect)} layers, largest {worst['dead']:.2f} at "
+                f"{worst['name']} (threshold {th['dead_share']:g})")
+
+    # underflow: gradient entries that the dtype cannot represent as normal numbers
+    with_grad = [r for r in layers if r["subnormal"] is not None]
+    if not with_grad:
+        verdict("underflow", None, "no gradient to inspect")
+    else:
+        key = "flushed" if any(r.get("flushed") is not None for r in with_grad) else "subnormal"
+        worst = max(with_grad, key=lambda r: r.get(key) or 0.0)
+        share = worst.get(key) or 0.0
+        what = "below the normal range (float32 pass)" if key == "flushed" else "subnormal"
+        verdict("underflow", share > th["underflow_share"],
+                f"largest share {what} {share:.2f} at {worst['name']} in {str(dtype).replace('torch.', '')} "
+                f"(threshold {th['underflow_share']:g})")
+
+    # non-finite: inf or nan in the loss or any gradient
+    bad = [r for r in layers if r["nonfinite"]]
+    if not math.isfinite(loss) or bad:
+        where = f"first at {bad[0]['name']} ({bad[0]['nonfinite']} entries)" if bad else "in the loss only"
+        verdict("nonfinite", True, f"loss {_fmt(loss)}; {len(bad)} layers with inf/nan gradients, {where}")
+    else:
+        verdict("nonfinite", False, "loss and all gradients finite")
+    return out

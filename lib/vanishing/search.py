@@ -1,0 +1,255 @@
+"""Training without gradients: random weight guessing and a simple evolution strategy.
+
+Both methods treat a model as one flat vector of numbers and only ever ask
+"how good is this vector?", so no gradient - vanishing or not - is involved.
+What they cost is counted in *evaluations* of a fitness function (one forward
+pass over the evaluation set each), which is the currency the book uses to
+compare them with gradient descent (Schmidhuber & Hochreiter 1996 compare
+guessing with gradient methods the same way).
+
+* :func:`flat_parameters` / :func:`set_flat_parameters` - a model as a vector and back;
+* :func:`random_search` - draw every weight uniformly at random, keep the best guess;
+* :func:`evolution_strategy` - a (mu, lambda) strategy with elitism: mutate the
+  best vectors with Gaussian noise, keep the best children;
+* :func:`accuracy_fitness` - the usual fitness: classification accuracy on a fixed set;
+* :func:`gradient_descent` - the baseline, full-batch gradient training that stops
+  when solved and reports its cost in the same currency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = [
+    "SearchResult",
+    "flat_parameters",
+    "set_flat_parameters",
+    "accuracy_fitness",
+    "random_search",
+    "evolution_strategy",
+    "gradient_descent",
+    "BACKWARD_COST",
+]
+
+#: Cost of one gradient step in forward-pass equivalents: the forward pass plus a
+#: backward pass that costs about two forward passes (the usual rule of thumb).
+BACKWARD_COST = 3
+
+
+@dataclass
+class SearchResult:
+    """What a search found and what it cost.
+
+    ``best`` is the best parameter vector seen, ``best_fitness`` its fitness,
+    ``evaluations`` how many times the fitness function was called,
+    ``solved`` whether ``best_fitness`` reached the target, and ``history``
+    the best fitness so far after each evaluation (length ``evaluations``).
+    """
+
+    best: torch.Tensor
+    best_fitness: float
+    evaluations: int
+    solved: bool
+    history: list[float] = field(default_factory=list)
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(True for _ in model.parameters()):
+        raise ValueError("model has no parameters to search over")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """All of ``model``'s parameters concatenated into one detached 1-D vector (in ``model.parameters()`` order)."""
+    _check_model(model)
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def set_flat_parameters(model: nn.Module, vector: torch.Tensor) -> None:
+    """Copy ``vector`` (as produced by :func:`flat_parameters`) into ``model``'s parameters, in place."""
+    _check_model(model)
+    total = sum(p.numel() for p in model.parameters())
+    if not isinstance(vector, torch.Tensor) or vector.dim() != 1 or vector.numel() != total:
+        shape = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
+        raise ValueError(f"vector must be a 1-D tensor of {total} numbers (the model's parameter count), got {shape}")
+    with torch.no_grad():
+        start = 0
+        for p in model.parameters():
+            p.copy_(vector[start:start + p.numel()].reshape(p.shape))
+            start += p.numel()
+
+
+def accuracy_fitness(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> Callable[[], float]:
+    """A fitness function: the fraction of ``inputs`` whose arg-max output equals ``targets``.
+
+    It reads the model's *current* parameters, so the searches below set a
+    candidate vector and then call it. Evaluation runs without autograd.
+    """
+    _check_model(model)
+    if len(inputs) != len(targets) or len(inputs) == 0:
+        raise ValueError(f"inputs and targets must be non-empty and of equal length, got {len(inputs)} and {len(targets)}")
+
+    def fitness() -> float:
+        with torch.no_grad():
+            return float((model(inputs).argmax(dim=-1) == targets).float().mean())
+
+    return fitness
+
+
+def _check_common(max_evals: object, target: object) -> None:
+    _positive_int("max_evals", max_evals)
+    if target is not None and not isinstance(target, (int, float)):
+        raise ValueError(f"target must be a number or None, got {target!r}")
+
+
+def random_search(
+    model: nn.Module,
+    fitness: Callable[[], float],
+    *,
+    max_evals: int,
+    low: float = -1.0,
+    high: float = 1.0,
+    target: float | None = None,
+    seed: int = 0,
+) -> SearchResult:
+    """Guess every weight uniformly in ``[low, high)`` until ``fitness`` reaches ``target``.
+
+    Each guess is independent of the previous ones (no learning at all), so
+    the number of guesses needed is geometric with mean ``1/p``, where ``p`` is
+    the share of weight space that solves the task. The model is left holding
+    the best guess. Stops after ``max_evals`` fitness calls.
+    """
+    _check_model(model)
+    _check_common(max_evals, target)
+    if not high > low:
+        raise ValueError(f"high must exceed low, got low={low!r}, high={high!r}")
+    gen = torch.Generator().manual_seed(seed)
+    n = flat_parameters(model).numel()
+    best, best_fit, history = None, -float("inf"), []
+    for _ in range(max_evals):
+        guess = low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
+        set_flat_parameters(model, guess.float())
+        fit = float(fitness())
+        if fit > best_fit:
+            best, best_fit = guess.float(), fit
+        history.append(best_fit)
+        if target is not None and best_fit >= target:
+            break
+    set_flat_parameters(model, best)
+    return SearchResult(best, best_fit, len(history), target is not None and best_fit >= target, history)
+
+
+def evolution_strategy(
+    model: nn.Module,
+    fitness: Callable[[], float],
+    *,
+    max_evals: int,
+    population: int = 20,
+    parents: int = 5,
+    sigma: float = 0.5,
+    init_scale: float = 1.0,
+    target: float | None = None,
+    seed: int = 0,
+) -> SearchResult:
+    """A simple (mu, lambda) evolution strategy with elitism over the flattened weights.
+
+    Start from ``population`` uniform guesses in ``[-init_scale, init_scale)``;
+    each generation keeps the ``parents`` fittest vectors seen so far and makes
+    ``population`` children by adding Gaussian noise of standard deviation
+    ``sigma`` to parents chosen in turn. Selection uses nothing but fitness
+    values, so a vanishing gradient cannot slow it; what slows it is a fitness
+    landscape that is flat in every direction the noise explores.
+    The model is left holding the best vector found.
+    """
+    _check_model(model)
+    _check_common(max_evals, target)
+    _positive_int("population", population)
+    _positive_int("parents", parents)
+    if parents > population:
+        raise ValueError(f"parents must be at most population={population}, got {parents!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if not init_scale > 0:
+        raise ValueError(f"init_scale must be positive, got {init_scale!r}")
+    gen = torch.Generator().manual_seed(seed)
+    n = flat_parameters(model).numel()
+    pool: list[tuple[float, torch.Tensor]] = []
+    history: list[float] = []
+    best_fit = -float("inf")
+    evals = 0
+    candidates = [init_scale * (2 * torch.rand(n, generator=gen) - 1) for _ in range(population)]
+    while True:
+        for vec in candidates:
+            set_flat_parameters(model, vec)
+            fit = float(fitness())
+            evals += 1
+            pool.append((fit, vec))
+            best_fit = max(best_fit, fit)
+            history.append(best_fit)
+            if evals >= max_evals or (target is not None and best_fit >= target):
+                break
+        # Stable sort: among equal fitness the older vector wins, which keeps runs reproducible.
+        pool = sorted(pool, key=lambda item: -item[0])[:parents]
+        if evals >= max_evals or (target is not None and best_fit >= target):
+            break
+        candidates = [
+            pool[i % len(pool)][1] + sigma * torch.randn(n, generator=gen) for i in range(population)
+        ]
+    set_flat_parameters(model, pool[0][1])
+    return SearchResult(pool[0][1], pool[0][0], evals, target is not None and best_fit >= target, history)
+
+
+def gradient_descent(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    max_steps: int,
+    lr: float = 0.01,
+    optimizer: str = "adam",
+    target: float = 1.0,
+) -> SearchResult:
+    """Full-batch gradient training on ``(inputs, targets)`` until training accuracy reaches ``target``.
+
+    The accuracy is read from each step's own forward pass (before the
+    update), so checking costs nothing extra. ``evaluations`` counts
+    :data:`BACKWARD_COST` per step - forward plus backward in forward-pass
+    equivalents over the same set a search evaluates - so the result is
+    comparable with :func:`random_search` and :func:`evolution_strategy`.
+    ``optimizer`` is ``"adam"`` or ``"sgd"``.
+    """
+    _check_model(model)
+    _positive_int("max_steps", max_steps)
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: 'adam', 'sgd'")
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=lr)
+    history: list[float] = []
+    best_fit, best = -float("inf"), flat_parameters(model)
+    for _ in range(max_steps):
+        opt.zero_grad(set_to_none=True)
+        out = model(inputs)
+        fit = float((out.detach().argmax(dim=-1) == targets).float().mean())
+        if fit > best_fit:
+            best_fit, best = fit, flat_parameters(model)
+        history.append(best_fit)
+        if fit >= target:
+            break
+        nn.functional.cross_entropy(out, targets).backward()
+        opt.step()
+    set_flat_parameters(model, best)
+    return SearchResult(best, best_fit, BACKWARD_COST * len(history), best_fit >= target, history)

@@ -1,0 +1,634 @@
+"""Sweeps over many small networks at once: K MLPs run as one batched tensor program.
+
+The book's slowest cells are sweeps - depth x activation x initialization x
+seed - in which each configuration is a small network, measured or trained on
+its own. Run one at a time, such a sweep spends much of its time in Python and
+in per-call overhead rather than in arithmetic. Here the K networks of one
+depth are *stacked*: the weight matrices of layer ``l`` of all K networks
+become one tensor of shape ``(K, fan_out, fan_in)`` and every layer is one
+batched matrix product (:func:`torch.baddbmm`) for all K networks together.
+
+The stacked networks are exact copies of the ones :func:`vanishing.models.mlp`
+builds - :func:`stack_mlps` copies their parameters, so no initialization logic
+is duplicated - and the results agree with the plain loop
+(:func:`vanishing.probes.grad_norms`, :func:`vanishing.train.train`) to float32
+rounding:
+
+* :func:`stack_mlps` - K built MLPs of one shape -> a :class:`StackedMLP`;
+* :func:`grad_norms_batched` - per-network, per-layer gradient norms, ``(K, depth + 1)``;
+* :func:`train_batched` - SGD (or SGD with momentum) for all K networks at once;
+* :func:`build_mlp` - ``models.mlp`` under its own seed, without touching the global RNG;
+* :func:`depth_sweep` - the whole grid, as a tidy list of dict rows, batched or
+  (``method="loop"``) one network at a time for reference.
+
+Everything runs on the device the stacked parameters live on (CPU or CUDA);
+inputs are moved there.
+
+What stacking buys depends on how much of the loop is overhead. On one CPU
+thread at width 64 the loop already spends much of its time in arithmetic -
+matrix products and transcendental activations that stacking does not remove -
+so ``bench/bench_sweeps.py`` measures modest gains: about 1.5-2x for minibatch
+training (batch 64) and 1.0-1.3x for gradient norms on a 256-example batch,
+where building the networks with ``models.mlp`` costs as much as measuring them. The gain grows as the
+per-network work shrinks (small batches, narrow layers) and on a GPU, where the
+loop is bound by kernel launches and the stacked form launches K times fewer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import models, probes
+from . import train as train_mod
+
+__all__ = [
+    "LOSSES",
+    "OPTIMIZERS",
+    "METHODS",
+    "StackedMLP",
+    "build_mlp",
+    "stack_mlps",
+    "grad_norms_batched",
+    "train_batched",
+    "depth_sweep",
+]
+
+#: Losses the batched functions compute per network (the names :func:`vanishing.train.train` uses).
+LOSSES = ("cross_entropy", "mse")
+#: Optimizers :func:`train_batched` implements exactly as torch does (plain SGD; SGD with momentum 0.9).
+OPTIMIZERS = ("sgd", "momentum")
+#: How :func:`depth_sweep` runs a grid: stacked, or one network at a time (the reference).
+METHODS = ("batched", "loop")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _activation_name(module: nn.Module) -> str:
+    # The models.ACTIVATIONS name of an activation module (its repr holds its settings, e.g. the slope).
+    for name, make in models.ACTIVATIONS.items():
+        if repr(make()) == repr(module):
+            return name
+    return repr(module)
+
+
+@dataclass
+class StackedMLP:
+    """K MLPs of one shape with their parameters stacked along a leading axis of size K.
+
+    ``weights[l]`` has shape ``(K, fan_out, fan_in)`` and ``biases[l]`` ``(K, fan_out)``
+    for the ``depth`` hidden layers and then the read-out (input to output, as
+    :meth:`vanishing.models.MLP.linears`). ``norm_weights``/``norm_biases`` hold the
+    layer-normalization gains and shifts ``(K, width)`` per hidden layer (empty
+    without normalization). ``groups`` lists runs ``(start, stop, module)`` of
+    consecutive networks that share an activation. Build one with :func:`stack_mlps`.
+    """
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    norm_weights: list[torch.Tensor]
+    norm_biases: list[torch.Tensor]
+    norm_eps: float
+    residual: list[bool]
+    groups: list[tuple[int, int, nn.Module]]
+    activations: list[str]
+
+    @property
+    def size(self) -> int:
+        """K, the number of stacked networks."""
+        return self.weights[0].shape[0]
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers (the read-out not counted)."""
+        return len(self.weights) - 1
+
+    @property
+    def device(self) -> torch.device:
+        """Where the stacked parameters live; inputs are moved here."""
+        return self.weights[0].device
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Every stacked parameter tensor (leading axis K), in a fixed order."""
+        return [*self.weights, *self.biases, *self.norm_weights, *self.norm_biases]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Outputs of all K networks: ``inputs`` (B, in) shared by all, or (K, B, in) one batch each.
+
+        Returns a tensor of shape (K, B, out).
+        """
+        k, fan_in = self.size, self.weights[0].shape[2]
+        x = inputs.to(device=self.device, dtype=self.weights[0].dtype)
+        if x.dim() == 2 and x.shape[1] == fan_in:
+            x = x.expand(k, *x.shape)
+        elif not (x.dim() == 3 and x.shape[0] == k and x.shape[2] == fan_in):
+            raise ValueError(f"inputs must have shape (batch, {fan_in}) or ({k}, batch, {fan_in}), got {tuple(x.shape)}")
+        for i in range(self.depth):
+            z = torch.baddbmm(self.biases[i].unsqueeze(1), x, self.weights[i].transpose(1, 2))
+            if self.norm_weights:
+                z = F.layer_norm(z, z.shape[-1:], eps=self.norm_eps)
+                z = z * self.norm_weights[i].unsqueeze(1) + self.norm_biases[i].unsqueeze(1)
+            if len(self.groups) == 1:
+                a = self.groups[0][2](z)
+            else:
+                # split's backward is one concatenation; slicing would build a zero tensor per group.
+                parts = z.split([stop - start for start, stop, _ in self.groups])
+                a = torch.cat([act(p) for p, (_, _, act) in zip(parts, self.groups, strict=True)])
+            x = x + a if self.residual[i] else a
+        return torch.baddbmm(self.biases[-1].unsqueeze(1), x, self.weights[-1].transpose(1, 2))
+
+    __call__ = forward
+
+    def to(self, device: torch.device | str) -> StackedMLP:
+        """A copy with every stacked parameter on ``device`` (e.g. ``vg.device()``), ready for training."""
+        dev = torch.device(device)
+
+        def move(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t.detach().to(dev).requires_grad_(True) for t in ts]
+
+        return StackedMLP(
+            weights=move(self.weights),
+            biases=move(self.biases),
+            norm_weights=move(self.norm_weights),
+            norm_biases=move(self.norm_biases),
+            norm_eps=self.norm_eps,
+            residual=list(self.residual),
+            groups=list(self.groups),
+            activations=list(self.activations),
+        )
+
+    def copy_to(self, nets: Sequence[models.MLP]) -> None:
+        """Write the stacked parameters back into K MLPs of the same shape (e.g. after training)."""
+        if len(nets) != self.size:
+            raise ValueError(f"nets must hold {self.size} MLPs, got {len(nets)}")
+        with torch.no_grad():
+            for k, net in enumerate(nets):
+                for i, lin in enumerate(net.linears()):
+                    lin.weight.copy_(self.weights[i][k])
+                    lin.bias.copy_(self.biases[i][k])
+                for i, block in enumerate(net.blocks):
+                    if self.norm_weights:
+                        block.norm.weight.copy_(self.norm_weights[i][k])
+                        block.norm.bias.copy_(self.norm_biases[i][k])
+
+
+def _signature(net: models.MLP) -> tuple:
+    lins = net.linears()
+    norms = tuple(type(b.norm).__name__ for b in net.blocks)
+    return (
+        tuple(tuple(lin.weight.shape) for lin in lins),
+        tuple(lin.bias is not None for lin in lins),
+        norms,
+        tuple(b.residual for b in net.blocks),
+        lins[0].weight.dtype,
+        lins[0].weight.device,
+    )
+
+
+def stack_mlps(nets: Sequence[models.MLP]) -> StackedMLP:
+    """Stack K MLPs built by :func:`vanishing.models.mlp` into one :class:`StackedMLP`.
+
+    The networks must share their shape (depth, widths, normalization, residual
+    flags, dtype, device); they may differ in anything that lives in the
+    parameters (seed, initialization) and in their activation. Supported
+    normalizations: none and ``"layer"`` (batch normalization couples the
+    examples of a batch and keeps running statistics; use the plain loop for it).
+    The parameters are copied; the networks themselves are left untouched.
+    Put networks with the same activation next to each other: each run of equal
+    activations costs one extra split and concatenation per layer.
+    """
+    if isinstance(nets, nn.Module) or not isinstance(nets, Sequence) or len(nets) == 0:
+        raise ValueError(f"nets must be a non-empty list of MLPs, got {type(nets).__name__}")
+    for i, net in enumerate(nets):
+        if not isinstance(net, models.MLP):
+            raise ValueError(f"nets[{i}] must be a vanishing.models.MLP, got {type(net).__name__}")
+        for block in net.blocks:
+            if not isinstance(block.norm, (nn.Identity, nn.LayerNorm)):
+                raise ValueError(
+                    f"nets[{i}] has norm {type(block.norm).__name__}; stack_mlps supports norm=None and 'layer'"
+                )
+            if isinstance(block.norm, nn.LayerNorm) and not block.norm.elementwise_affine:
+                raise ValueError(f"nets[{i}]: stack_mlps needs LayerNorm with elementwise_affine=True")
+        if any(lin.bias is None for lin in net.linears()):
+            raise ValueError(f"nets[{i}] has a Linear layer without bias; stack_mlps needs biases")
+    first = _signature(nets[0])
+    for i, net in enumerate(nets[1:], start=1):
+        if _signature(net) != first:
+            raise ValueError(
+                f"nets[{i}] differs in shape, normalization, residual flags, dtype or device from nets[0]; "
+                "stack only networks of one architecture (group a sweep by depth)"
+            )
+
+    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.detach() for t in tensors]).clone().requires_grad_(True)
+
+    lins = [net.linears() for net in nets]
+    n_layers = len(lins[0])
+    weights = [stack([ls[i].weight for ls in lins]) for i in range(n_layers)]
+    biases = [stack([ls[i].bias for ls in lins]) for i in range(n_layers)]
+    layer_norm = isinstance(nets[0].blocks[0].norm, nn.LayerNorm)
+    depth = len(nets[0].blocks)
+    norm_weights = [stack([net.blocks[i].norm.weight for net in nets]) for i in range(depth)] if layer_norm else []
+    norm_biases = [stack([net.blocks[i].norm.bias for net in nets]) for i in range(depth)] if layer_norm else []
+    eps = float(nets[0].blocks[0].norm.eps) if layer_norm else 0.0
+    acts = [net.blocks[0].act for net in nets]
+    groups: list[tuple[int, int, nn.Module]] = []
+    for k, act in enumerate(acts):
+        if groups and repr(groups[-1][2]) == repr(act):
+            groups[-1] = (groups[-1][0], k + 1, groups[-1][2])
+        else:
+            groups.append((k, k + 1, act))
+    return StackedMLP(
+        weights=weights,
+        biases=biases,
+        norm_weights=norm_weights,
+        norm_biases=norm_biases,
+        norm_eps=eps,
+        residual=[bool(b.residual) for b in nets[0].blocks],
+        groups=groups,
+        activations=[_activation_name(a) for a in acts],
+    )
+
+
+def _check_stacked(stacked: object) -> StackedMLP:
+    if not isinstance(stacked, StackedMLP):
+        raise ValueError(f"stacked must be a StackedMLP (see stack_mlps), got {type(stacked).__name__}")
+    return stacked
+
+
+def _cross_entropy(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every (network, example), shape (K, B), from logits (K, B, C) and labels (B,).
+
+    log-softmax times a one-hot mask: the same value F.cross_entropy computes, but with
+    elementwise kernels only, which are deterministic on CUDA too (nll_loss2d is not).
+    """
+    mask = F.one_hot(labels, out.shape[-1]).to(out.dtype)
+    return -(out.log_softmax(dim=-1) * mask).sum(dim=-1)
+
+
+def _per_network_loss(out: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
+    """The loss of each of the K networks, shape (K,), averaged over the batch as torch's 'mean' does."""
+    if loss == "cross_entropy":
+        return _cross_entropy(out, targets).mean(dim=1)
+    return (out - targets).pow(2).flatten(1).mean(dim=1)
+
+
+def _check_data(
+    inputs: object, targets: object, loss: str, stacked: StackedMLP, name: str = "data"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise ValueError(f"{name}: inputs and targets must be tensors")
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
+    if inputs.dim() != 2 or inputs.shape[1] != stacked.weights[0].shape[2]:
+        raise ValueError(
+            f"{name}: inputs must have shape (batch, {stacked.weights[0].shape[2]}), got {tuple(inputs.shape)}"
+        )
+    n_out = stacked.weights[-1].shape[1]
+    if len(targets) != len(inputs):
+        raise ValueError(f"{name}: {len(inputs)} inputs but {len(targets)} targets")
+    if loss == "cross_entropy" and (targets.dim() != 1 or targets.dtype != torch.long):
+        raise ValueError(f"{name}: cross_entropy needs targets of shape (batch,) and dtype long")
+    if loss == "mse" and tuple(targets.shape) != (len(inputs), n_out):
+        raise ValueError(f"{name}: mse needs targets of shape ({len(inputs)}, {n_out}), got {tuple(targets.shape)}")
+    device = stacked.device
+    x = inputs.to(device=device, dtype=stacked.weights[0].dtype)
+    y = targets.to(device=device) if loss == "cross_entropy" else targets.to(device=device, dtype=x.dtype)
+    return x, y
+
+
+#: Rows of (K, rows, width) activations an evaluation pass holds at once: about 1 MiB in float32,
+#: so each layer's output stays in a CPU core's cache instead of streaming through memory.
+EVAL_ELEMENTS = 2**18
+
+
+def _evaluate(
+    stacked: StackedMLP, x: torch.Tensor, y: torch.Tensor, loss: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss (K,) and, for classification, accuracy (K,) of every network on all of (x, y), in row chunks."""
+    width = max(w.shape[1] for w in stacked.weights)
+    rows = max(1, EVAL_ELEMENTS // (stacked.size * width))
+    per_example, hits = [], []
+    for start in range(0, len(x), rows):
+        out = stacked.forward(x[start:start + rows])
+        yc = y[start:start + rows]
+        if loss == "cross_entropy":
+            per_example.append(_cross_entropy(out, yc))
+            hits.append(out.argmax(dim=-1) == yc)
+        else:
+            per_example.append((out - yc).pow(2).flatten(1))
+    losses = torch.cat(per_example, dim=1).mean(dim=1)
+    return losses, (torch.cat(hits, dim=1).float().mean(dim=1) if hits else None)
+
+
+def grad_norms_batched(
+    stacked: StackedMLP, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy"
+) -> torch.Tensor:
+    """Norm of dLoss/dW for every weight matrix of every stacked network: shape (K, depth + 1), float64, on the CPU.
+
+    Row ``k`` is what :func:`vanishing.probes.grad_norms` returns for network
+    ``k`` on the same batch (input layer first, read-out last). The K losses are
+    summed before one backward pass: the networks share no parameters, so the
+    gradient of the sum with respect to network k's weights is the gradient of
+    network k's own loss. The stacked parameters and their ``.grad`` are not changed.
+    """
+    stacked = _check_stacked(stacked)
+    x, y = _check_data(inputs, targets, loss, stacked, name="inputs/targets")
+    per_net = _per_network_loss(stacked.forward(x), y, loss)
+    grads = torch.autograd.grad(per_net.sum(), stacked.weights)
+    # In float64, as probes.grad_norms: squares of float32 entries below about 1e-20 would underflow to zero.
+    return torch.stack([g.detach().double().flatten(1).norm(dim=1) for g in grads], dim=1).cpu()
+
+
+def train_batched(
+    stacked: StackedMLP,
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int | None = 64,
+    optimizer: str = "sgd",
+    loss: str = "cross_entropy",
+    test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_every: int = 10,
+    clip: float | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, object]:
+    """Train all K stacked networks at once, in place, the way :func:`vanishing.train.train` trains one.
+
+    Same arguments and schedule as ``train.train``: ``steps`` updates of
+    ``optimizer`` (``"sgd"`` or ``"momentum"``) with learning rate ``lr``; minibatches of
+    ``batch_size`` drawn with ``generator`` (``None``: torch's global generator;
+    ``batch_size=None``: full batch); ``clip`` rescales each network's whole gradient
+    to at most that norm; every ``eval_every`` steps (and at step 1) the loss and,
+    for classification, the accuracy on all of ``data`` (and ``test_data``) are recorded.
+    All K networks see the *same* minibatches: the plain loop matches this when every
+    ``train.train`` call gets a generator seeded the same way.
+
+    Returns ``step`` (list of ints), ``loss``/``acc``/``test_loss``/``test_acc``
+    (tensors of shape (K, evaluations), on the CPU) and ``diverged_at`` (per network,
+    the first step whose training loss was not finite, else ``None``). Where
+    ``train.train`` raises ``FloatingPointError``, the batched form keeps training
+    the other networks; the diverged one's values become nan or inf.
+    """
+    stacked = _check_stacked(stacked)
+    for name, value in (("steps", steps), ("eval_every", eval_every)):
+        _positive_int(name, value)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError("data must be a pair (inputs, targets)")
+    x_all, y_all = _check_data(data[0], data[1], loss, stacked)
+    n = len(x_all)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n
+    ):
+        raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
+    sets = [("", x_all, y_all)]
+    if test_data is not None:
+        if not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):
+            raise ValueError("test_data must be a pair (inputs, targets) or None")
+        sets.append(("test_", *_check_data(test_data[0], test_data[1], loss, stacked, name="test_data")))
+    classify = loss == "cross_entropy"
+
+    params = stacked.parameters()
+    k = stacked.size
+    buffers: list[torch.Tensor] | None = None
+    columns: dict[str, list[torch.Tensor]] = {}
+    steps_seen: list[int] = []
+    diverged = torch.zeros(k, dtype=torch.bool, device=stacked.device)
+    diverged_at: list[int | None] = [None] * k
+
+    def evaluate(step: int) -> None:
+        steps_seen.append(step)
+        with torch.no_grad():
+            for prefix, x, y in sets:
+                losses, hits = _evaluate(stacked, x, y, loss)
+                columns.setdefault(prefix + "loss", []).append(losses)
+                if classify:
+                    columns.setdefault(prefix + "acc", []).append(hits)
+
+    for step in range(1, steps + 1):
+        if batch_size is None:
+            x, y = x_all, y_all
+        else:
+            idx = torch.randint(0, n, (batch_size,), generator=generator, device="cpu").to(x_all.device)
+            x, y = x_all[idx], y_all[idx]
+        per_net = _per_network_loss(stacked.forward(x), y, loss)
+        grads = list(torch.autograd.grad(per_net.sum(), params))
+        bad = ~torch.isfinite(per_net.detach())
+        if bool((bad & ~diverged).any()):
+            for j in torch.nonzero(bad & ~diverged).flatten().tolist():
+                diverged_at[j] = step
+            diverged |= bad
+        with torch.no_grad():
+            if clip is not None:
+                # clip_grad_norm_ per network: the norm of all its parameters' gradients together.
+                total = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1).norm(dim=1)
+                coef = (clip / (total + 1e-6)).clamp(max=1.0)
+                grads = [g * coef.view(-1, *([1] * (g.dim() - 1))) for g in grads]
+            if optimizer == "momentum":
+                # torch.optim.SGD(momentum=0.9): the buffer starts as the first gradient.
+                if buffers is None:
+                    buffers = [g.clone() for g in grads]
+                else:
+                    torch._foreach_mul_(buffers, 0.9)
+                    torch._foreach_add_(buffers, grads)
+                torch._foreach_add_(params, buffers, alpha=-lr)
+            else:
+                torch._foreach_add_(params, grads, alpha=-lr)
+        if step % eval_every == 0 or step == 1:
+            evaluate(step)
+    history: dict[str, object] = {"step": steps_seen}
+    for key, cols in columns.items():
+        history[key] = torch.stack(cols, dim=1).float().cpu()
+    history["diverged_at"] = diverged_at
+    return history
+
+
+def build_mlp(*, seed: int, **kwargs: object) -> models.MLP:
+    """``models.mlp(**kwargs)`` built right after ``torch.manual_seed(seed)`` (as ``vg.seed(seed)`` would).
+
+    The global random state is saved and restored, so building a sweep's
+    networks does not shift the random numbers of whatever runs next. The
+    network is built on the CPU; move it with ``.to(device)``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return models.mlp(**kwargs)
+
+
+def _names(name: str, values: object, allowed: Sequence) -> list:
+    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty list, got {values!r}")
+    for v in values:
+        if v not in allowed:
+            raise ValueError(f"{name}: {v!r} is unknown; allowed: {', '.join(map(str, allowed))}")
+    return list(values)
+
+
+def depth_sweep(
+    *,
+    depths: Sequence[int],
+    activations: Sequence[str],
+    inits: Sequence[str],
+    seeds: Sequence[int],
+    width: int,
+    data: tuple[torch.Tensor, torch.Tensor],
+    out_features: int,
+    norm: str | None = None,
+    residual: bool = False,
+    loss: str = "cross_entropy",
+    steps: int = 0,
+    train_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    lr: float = 0.1,
+    batch_size: int | None = 64,
+    optimizer: str = "sgd",
+    eval_every: int = 10,
+    clip: float | None = None,
+    batch_seed: int = 0,
+    method: str = "batched",
+    max_stack: int | None = None,
+    device: torch.device | str | None = None,
+) -> list[dict[str, object]]:
+    """Measure (and optionally train) every MLP of a depth x activation x init x seed grid.
+
+    Each network is ``build_mlp(seed=s, in_features=..., out_features=out_features,
+    depth=d, width=width, activation=a, init=i, norm=norm, residual=residual)``.
+    Its gradient norms at initialization are taken on ``data = (inputs, targets)``.
+    With ``steps > 0`` it is then trained on ``train_data`` (default: ``data``) as
+    :func:`vanishing.train.train` would, with minibatches drawn from a generator
+    seeded with ``batch_seed`` - the same batches for every network.
+
+    ``method="batched"`` stacks all networks of one depth (at most ``max_stack`` at
+    a time) and runs them together; ``method="loop"`` builds and runs them one by
+    one with ``probes.grad_norms`` and ``train.train``, the reference the batched
+    form must agree with. ``device`` (e.g. ``vg.device()``) defaults to the CPU; the
+    networks are built on the CPU under their seeds and then moved, so a sweep gives
+    the same initial weights on every device.
+
+    Returns one dict per network, in grid order (depth, activation, init, seed):
+    ``depth``, ``activation``, ``init``, ``seed``, ``grad_norms`` (list, input layer
+    first) and, when trained, ``step``, ``loss`` (list per evaluation), ``acc`` (for
+    cross-entropy), ``final_loss``, ``final_acc`` and ``diverged_at`` (the loop stops
+    a diverging network at that step; the batched form records it and goes on).
+    """
+    depths = list(depths) if isinstance(depths, Sequence) and not isinstance(depths, str) else depths
+    if not isinstance(depths, list) or len(depths) == 0:
+        raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")
+    for d in depths:
+        _positive_int("depths", d)
+    activations = _names("activations", activations, list(models.ACTIVATIONS))
+    inits = _names("inits", inits, models.INITS)
+    if isinstance(seeds, str) or not isinstance(seeds, Sequence) or len(seeds) == 0:
+        raise ValueError(f"seeds must be a non-empty list of non-negative ints, got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"seeds: {s!r} is not a non-negative int")
+    _positive_int("width", width)
+    _positive_int("out_features", out_features)
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; allowed: {', '.join(METHODS)}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if max_stack is not None:
+        _positive_int("max_stack", max_stack)
+    if isinstance(batch_seed, bool) or not isinstance(batch_seed, int) or batch_seed < 0:
+        raise ValueError(f"batch_seed must be a non-negative int, got {batch_seed!r}")
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)):
+        raise ValueError("data must be a pair (inputs, targets) of tensors")
+    if data[0].dim() != 2:
+        raise ValueError(f"data: inputs must have shape (batch, features), got {tuple(data[0].shape)}")
+    train_data = data if train_data is None else train_data
+    # vanishing.device raises a ValueError naming the request when this machine lacks the device
+    # (imported here, not at the top, so the package's __init__ may import this module in any order).
+    from . import device as pick_device
+
+    dev = torch.device("cpu") if device is None else pick_device(str(device))
+    in_features = data[0].shape[1]
+
+    rows: list[dict[str, object]] = []
+    for d in depths:
+        configs = [(a, i, s) for a in activations for i in inits for s in seeds]
+        nets = [
+            build_mlp(seed=s, in_features=in_features, out_features=out_features, depth=d, width=width,
+                      activation=a, init=i, norm=norm, residual=residual)
+            for a, i, s in configs
+        ]
+        results: list[dict[str, object]] = [
+            {"depth": d, "activation": a, "init": i, "seed": s} for a, i, s in configs
+        ]
+        if method == "loop":
+            _run_loop(nets, results, data, train_data, loss, steps, lr, batch_size, optimizer, eval_every, clip,
+                      batch_seed, dev)
+        else:
+            chunk = max_stack or len(nets)
+            for start in range(0, len(nets), chunk):
+                stacked = stack_mlps(nets[start:start + chunk])
+                if dev.type != "cpu":
+                    stacked = stacked.to(dev)
+                norms = grad_norms_batched(stacked, *data, loss=loss)
+                for j, row in enumerate(results[start:start + chunk]):
+                    row["grad_norms"] = norms[j].tolist()
+                if steps:
+                    gen = torch.Generator().manual_seed(batch_seed)
+                    hist = train_batched(stacked, train_data, steps=steps, lr=lr, batch_size=batch_size,
+                                         optimizer=optimizer, loss=loss, eval_every=eval_every, clip=clip,
+                                         generator=gen)
+                    for j, row in enumerate(results[start:start + chunk]):
+                        row["step"] = list(hist["step"])
+                        for key in ("loss", "acc"):
+                            if key in hist:
+                                row[key] = hist[key][j].tolist()
+                                row["final_" + key] = row[key][-1]
+                        row["diverged_at"] = hist["diverged_at"][j]
+        rows.extend(results)
+    return rows
+
+
+def _run_loop(nets, results, data, train_data, loss, steps, lr, batch_size, optimizer, eval_every, clip,
+              batch_seed, dev) -> None:
+    # The plain reference: one network at a time through the shared probes and training loop.
+    loss_fn = F.cross_entropy if loss == "cross_entropy" else F.mse_loss
+    x, y = (t.to(dev) for t in data)
+    xt, yt = (t.to(dev) for t in train_data)
+    for net, row in zip(nets, results, strict=True):
+        if dev.type != "cpu":
+            net.to(dev)
+        row["grad_norms"] = list(probes.grad_norms(net, x, y, loss_fn).values())
+        if steps:
+            gen = torch.Generator().manual_seed(batch_seed)
+            try:
+                hist = train_mod.train(net, (xt, yt), steps=steps, lr=lr, batch_size=batch_size,
+                                       optimizer=optimizer, loss=loss, eval_every=eval_every, clip=clip,
+                                       generator=gen)
+                row["diverged_at"] = None
+            except FloatingPointError as err:
+                # train.train stops at the first non-finite loss; keep the step it names.
+                found = re.search(r"at step (\d+)", str(err))
+                row.update(step=[], loss=[], diverged_at=int(found.group(1)) if found else -1)
+                continue
+            row["step"] = hist["step"]
+            for key in ("loss", "acc"):
+                if key in hist:
+                    row[key] = hist[key]
+                    row["final_" + key] = hist[key][-1]

@@ -1,0 +1,78 @@
+"""Tests for vanishing.recurrent: the builder and the additions that look inside an LSTM."""
+
+import pytest
+import torch
+
+from vanishing import recurrent
+
+
+def test_rnn_builder_shapes_and_forget_bias():
+    for cell in recurrent.CELLS:
+        m = recurrent.rnn(cell=cell, input_size=3, hidden_size=5, output_size=2)
+        assert m(torch.zeros(4, 7, 3)).shape == (4, 2)
+    m = recurrent.rnn(cell="lstm", input_size=3, hidden_size=5, output_size=2, forget_bias=2.0)
+    total = m.core.bias_ih_l0 + m.core.bias_hh_l0
+    assert torch.allclose(total[5:10], torch.full((5,), 2.0))
+
+
+def test_lstm_step_by_hand_for_one_unit():
+    torch.manual_seed(0)
+    core = torch.nn.LSTM(1, 1, batch_first=True)
+    x, h, c = torch.tensor([[0.5]]), torch.tensor([[0.2]]), torch.tensor([[-0.3]])
+    z = x * core.weight_ih_l0[:, 0] + core.bias_ih_l0 + h * core.weight_hh_l0[:, 0] + core.bias_hh_l0
+    i, f, g, o = torch.sigmoid(z[0, 0]), torch.sigmoid(z[0, 1]), torch.tanh(z[0, 2]), torch.sigmoid(z[0, 3])
+    c_new = f * c + i * g
+    h2, c2, gates = recurrent.lstm_step(core, x, h, c)
+    assert torch.allclose(c2, c_new) and torch.allclose(h2, o * torch.tanh(c_new))
+    assert torch.allclose(gates["f"], f.reshape(1, 1))
+
+
+def test_lstm_trace_matches_nn_lstm():
+    torch.manual_seed(1)
+    m = recurrent.rnn(cell="lstm", input_size=3, hidden_size=4, output_size=2, forget_bias=1.0)
+    x = torch.randn(5, 6, 3)
+    tr = recurrent.lstm_trace(m, x)
+    ref, (h_n, c_n) = m.core(x)
+    assert torch.allclose(tr["h"], ref, atol=1e-6)
+    assert torch.allclose(tr["c"][:, -1], c_n[0], atol=1e-6)
+    assert set(tr) == {"h", "c", "i", "f", "g", "o"}
+
+
+def test_input_grad_by_lag_linear_rnn_by_hand():
+    # A one-unit linear RNN h_t = w h_{t-1} + u x_t, read out as v h_T with loss = output:
+    # dL/dx_{T-k} = v u w^k.
+    m = recurrent.rnn(cell="rnn", input_size=1, hidden_size=1, output_size=1, nonlinearity="relu")
+    with torch.no_grad():
+        m.core.weight_hh_l0.fill_(0.5)
+        m.core.weight_ih_l0.fill_(2.0)
+        m.core.bias_hh_l0.zero_()
+        m.core.bias_ih_l0.zero_()
+        m.head.weight.fill_(3.0)
+        m.head.bias.zero_()
+    x = torch.ones(1, 4, 1)  # keeps the ReLU in its linear part
+    g = recurrent.input_grad_by_lag(m, x, torch.zeros(1), loss_fn=lambda out, y: out.sum())
+    assert torch.allclose(g, torch.tensor([6.0, 3.0, 1.5, 0.75]))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: recurrent.rnn(cell="x", input_size=1, hidden_size=1, output_size=1), "cell"),
+        (lambda: recurrent.rnn(cell="rnn", input_size=1, hidden_size=1, output_size=1, forget_bias=1.0),
+         "forget_bias"),
+        (lambda: recurrent.lstm_step(torch.nn.LSTM(1, 1, num_layers=2), torch.zeros(1, 1), torch.zeros(1, 1),
+                                     torch.zeros(1, 1)), "one-layer"),
+        (lambda: recurrent.lstm_trace(recurrent.rnn(cell="gru", input_size=1, hidden_size=1, output_size=1),
+                                      torch.zeros(1, 2, 1)), "lstm"),
+        (lambda: recurrent.lstm_trace(recurrent.rnn(cell="lstm", input_size=2, hidden_size=1, output_size=1),
+                                      torch.zeros(1, 2, 1)), "shape"),
+        (lambda: recurrent.input_grad_by_lag(torch.nn.Linear(1, 1), torch.zeros(1, 2, 1), torch.zeros(1)),
+         "SequenceModel"),
+        (lambda: recurrent.input_grad_by_lag(
+            recurrent.rnn(cell="rnn", input_size=1, hidden_size=1, output_size=2), torch.zeros(3, 2, 1),
+            torch.zeros(3, dtype=torch.long), loss_fn=lambda o, y: o.sum(dim=1)), "scalar"),
+    ],
+)
+def test_argument_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,325 @@
+"""Tests for vanishing.sweeps: stacked networks agree with the plain loop, on tiny configurations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vanishing import models, probes, sweeps, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one thread avoids OpenMP hand-offs that dominate on a busy machine (vg.seed does the same).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu", "linear"]
+
+
+def _data(n: int = 40, features: int = 5, classes: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def _nets(configs, depth=3, width=6, features=5, classes=3, **kw):
+    return [
+        sweeps.build_mlp(seed=s, in_features=features, out_features=classes, depth=depth, width=width,
+                         activation=a, init=i, **kw)
+        for a, i, s in configs
+    ]
+
+
+def _loop_norms(nets, x, y, loss_fn=F.cross_entropy):
+    return torch.tensor([list(probes.grad_norms(n, x, y, loss_fn).values()) for n in nets], dtype=torch.float64)
+
+
+def test_hand_computed_two_layer_linear_networks():
+    # One input, one hidden unit, one output, no bias: out = c * a * x, L = (out - t)^2.
+    # dL/da = 2 (c a x - t) c x and dL/dc = 2 (c a x - t) a x.
+    nets = _nets([("linear", "default", 0), ("linear", "default", 1)], depth=1, width=1, features=1, classes=1)
+    for net, (a, c) in zip(nets, [(2.0, 3.0), (0.5, -1.0)], strict=True):
+        with torch.no_grad():
+            net.blocks[0].linear.weight.fill_(a)
+            net.head.weight.fill_(c)
+            for lin in net.linears():
+                lin.bias.zero_()
+    x, t = torch.tensor([[1.5]]), torch.tensor([[1.0]])
+    norms = sweeps.grad_norms_batched(sweeps.stack_mlps(nets), x, t, loss="mse")
+    expected = []
+    for a, c in [(2.0, 3.0), (0.5, -1.0)]:
+        r = c * a * 1.5 - 1.0
+        expected.append([abs(2 * r * c * 1.5), abs(2 * r * a * 1.5)])
+    torch.testing.assert_close(norms, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_tiny_gradients_do_not_underflow_to_zero():
+    # A read-out scaled by 1e-30 makes every hidden gradient entry about 1e-30: its square underflows float32.
+    nets = _nets([("tanh", "xavier", 0), ("linear", "he", 1)])
+    with torch.no_grad():
+        for net in nets:
+            net.head.weight.mul_(1e-30)
+    x, y = _data()
+    norms = sweeps.grad_norms_batched(sweeps.stack_mlps(nets), x, y)
+    assert norms.dtype == torch.float64 and bool((norms[:, :-1] > 0).all()) and float(norms[:, :-1].max()) < 1e-25
+    torch.testing.assert_close(norms, _loop_norms(nets, x, y), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("norm,residual", [(None, False), ("layer", False), (None, True), ("layer", True)])
+def test_grad_norms_agree_with_probes(norm, residual):
+    configs = [(a, i, s) for a in ACTS for i in ("xavier", "he") for s in (0, 1)]
+    configs += [("tanh", i, 3) for i in ("default", "lecun", "orthogonal")]
+    nets = _nets(configs, depth=4, width=6, norm=norm, residual=residual)
+    x, y = _data()
+    stacked = sweeps.stack_mlps(nets)
+    norms = sweeps.grad_norms_batched(stacked, x, y)
+    assert norms.shape == (len(nets), 5)
+    torch.testing.assert_close(norms, _loop_norms(nets, x, y), rtol=1e-5, atol=1e-12)
+
+
+def test_grad_norms_mse_and_forward_shapes():
+    nets = _nets([("tanh", "xavier", 0), ("relu", "he", 1), ("tanh", "xavier", 2)], classes=2)
+    x = torch.randn(7, 5)
+    t = torch.randn(7, 2)
+    stacked = sweeps.stack_mlps(nets)
+    assert (stacked.size, stacked.depth) == (3, 3)
+    assert stacked.activations == ["tanh", "relu", "tanh"]
+    assert [(a, b) for a, b, _ in stacked.groups] == [(0, 1), (1, 2), (2, 3)]
+    out = stacked.forward(x)
+    assert out.shape == (3, 7, 2)
+    for k, net in enumerate(nets):
+        torch.testing.assert_close(out[k], net(x), rtol=1e-6, atol=1e-7)
+    per_net = stacked.forward(torch.randn(3, 7, 5))  # one batch per network
+    assert per_net.shape == (3, 7, 2)
+    torch.testing.assert_close(
+        sweeps.grad_norms_batched(stacked, x, t, loss="mse"), _loop_norms(nets, x, t, F.mse_loss), rtol=1e-5, atol=0
+    )
+
+
+def test_grad_norms_leave_parameters_and_nets_untouched():
+    nets = _nets([("sigmoid", "xavier", 0), ("relu", "he", 1)])
+    before = [p.detach().clone() for n in nets for p in n.parameters()]
+    stacked = sweeps.stack_mlps(nets)
+    params = [p.detach().clone() for p in stacked.parameters()]
+    sweeps.grad_norms_batched(stacked, *_data())
+    assert all(p.grad is None for p in stacked.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(params, stacked.parameters(), strict=True))
+    with torch.no_grad():
+        stacked.weights[0].add_(1.0)  # the stack is a copy: the networks do not move
+    assert all(torch.equal(a, b) for a, b in zip(before, [p for n in nets for p in n.parameters()], strict=True))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch_size=8, optimizer="sgd"),
+        dict(batch_size=None, optimizer="sgd"),
+        dict(batch_size=8, optimizer="momentum"),
+        dict(batch_size=8, optimizer="sgd", clip=0.05),
+        dict(batch_size=None, optimizer="momentum", clip=0.5),
+    ],
+)
+def test_train_batched_agrees_with_train(kw):
+    configs = [(a, "xavier", s) for a in ("tanh", "sigmoid", "relu", "gelu") for s in (0, 1)]
+    x, y = _data(60)
+    xt, yt = _data(20, seed=1)
+    loop_nets = _nets(configs)
+    stacked = sweeps.stack_mlps(_nets(configs))
+    hist = sweeps.train_batched(stacked, (x, y), steps=12, lr=0.1, eval_every=4, test_data=(xt, yt),
+                                generator=torch.Generator().manual_seed(5), **kw)
+    assert hist["step"] == [1, 4, 8, 12]
+    assert hist["loss"].shape == hist["acc"].shape == hist["test_loss"].shape == (len(configs), 4)
+    assert hist["diverged_at"] == [None] * len(configs)
+    for k, net in enumerate(loop_nets):
+        ref = train.train(net, (x, y), steps=12, lr=0.1, eval_every=4, test_data=(xt, yt),
+                          generator=torch.Generator().manual_seed(5), **kw)
+        for key in ("loss", "acc", "test_loss", "test_acc"):
+            torch.testing.assert_close(hist[key][k], torch.tensor(ref[key]), rtol=1e-5, atol=1e-6)
+    # The trained stacked parameters are the loop's trained parameters.
+    copies = _nets(configs)
+    stacked.copy_to(copies)
+    for a, b in zip(copies, loop_nets, strict=True):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_train_batched_mse_and_layer_norm():
+    configs = [("tanh", "xavier", 0), ("silu", "he", 1)]
+    x, _ = _data(30)
+    t = torch.randn(30, 2, generator=torch.Generator().manual_seed(3))
+    loop_nets = _nets(configs, classes=2, norm="layer", residual=True)
+    stacked = sweeps.stack_mlps(_nets(configs, classes=2, norm="layer", residual=True))
+    hist = sweeps.train_batched(stacked, (x, t), steps=6, lr=0.05, loss="mse", batch_size=10, eval_every=3,
+                                generator=torch.Generator().manual_seed(0))
+    assert "acc" not in hist and hist["loss"].shape == (2, 3)
+    for k, net in enumerate(loop_nets):
+        ref = train.train(net, (x, t), steps=6, lr=0.05, loss="mse", batch_size=10, eval_every=3,
+                          generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(hist["loss"][k], torch.tensor(ref["loss"]), rtol=1e-5, atol=1e-7)
+
+
+def test_train_batched_keeps_going_when_one_network_diverges():
+    nets = _nets([("linear", "xavier", 0), ("linear", "xavier", 1)], depth=2)
+    with torch.no_grad():
+        for lin in nets[0].linears():
+            lin.weight.mul_(1e3)  # network 0 explodes at this learning rate; network 1 is healthy
+    hist = sweeps.train_batched(sweeps.stack_mlps(nets), _data(), steps=30, lr=1.0, batch_size=None,
+                                eval_every=10)
+    assert isinstance(hist["diverged_at"][0], int) and hist["diverged_at"][1] is None
+    assert not math.isfinite(float(hist["loss"][0, -1]))
+    assert math.isfinite(float(hist["loss"][1, -1]))
+    with pytest.raises(FloatingPointError):  # the loop stops instead
+        train.train(nets[0], _data(), steps=30, lr=1.0, batch_size=None)
+
+
+def test_build_mlp_is_seeded_and_leaves_global_rng_alone():
+    kw = dict(in_features=4, out_features=2, depth=2, width=3, activation="tanh", init="orthogonal")
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    net = sweeps.build_mlp(seed=9, **kw)
+    assert torch.equal(torch.rand(1), expected_next)
+    torch.manual_seed(9)
+    ref = models.mlp(**kw)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), ref.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("steps", [0, 5])
+def test_depth_sweep_batched_matches_loop(steps):
+    x, y = _data(50)
+    kw = dict(depths=[2, 3], activations=["tanh", "relu"], inits=["xavier", "he"], seeds=[0, 1], width=6,
+              data=(x[:20], y[:20]), out_features=3, steps=steps, train_data=(x, y), lr=0.05, batch_size=10,
+              eval_every=2)
+    loop = sweeps.depth_sweep(method="loop", **kw)
+    batched = sweeps.depth_sweep(method="batched", **kw)
+    chunked = sweeps.depth_sweep(method="batched", max_stack=3, **kw)
+    assert len(loop) == len(batched) == 16
+    assert [(r["depth"], r["activation"], r["init"], r["seed"]) for r in batched][:3] == [
+        (2, "tanh", "xavier", 0), (2, "tanh", "xavier", 1), (2, "tanh", "he", 0)]
+    for a, b, c in zip(loop, batched, chunked, strict=True):
+        assert len(b["grad_norms"]) == b["depth"] + 1
+        torch.testing.assert_close(torch.tensor(b["grad_norms"]), torch.tensor(a["grad_norms"]), rtol=1e-5, atol=0)
+        torch.testing.assert_close(torch.tensor(c["grad_norms"]), torch.tensor(a["grad_norms"]), rtol=1e-5, atol=0)
+        if steps:
+            assert a["step"] == b["step"] == [1, 2, 4]
+            torch.testing.assert_close(torch.tensor(b["loss"]), torch.tensor(a["loss"]), rtol=1e-5, atol=0)
+            assert b["final_acc"] == pytest.approx(a["final_acc"])
+            assert a["diverged_at"] is None and b["diverged_at"] is None
+        else:
+            assert "loss" not in b
+
+
+def test_stack_mlps_errors():
+    x = _nets([("tanh", "xavier", 0)])[0]
+    with pytest.raises(ValueError, match="nets"):
+        sweeps.stack_mlps([])
+    with pytest.raises(ValueError, match="nets"):
+        sweeps.stack_mlps(x)
+    with pytest.raises(ValueError, match=r"nets\[1\]"):
+        sweeps.stack_mlps([x, torch.nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match=r"nets\[1\] differs"):
+        sweeps.stack_mlps([x, *_nets([("tanh", "xavier", 0)], depth=4)])
+    with pytest.raises(ValueError, match="norm"):
+        sweeps.stack_mlps(_nets([("tanh", "xavier", 0)], norm="batch"))
+
+
+def test_grad_norms_and_forward_errors():
+    stacked = sweeps.stack_mlps(_nets([("tanh", "xavier", 0), ("relu", "he", 0)]))
+    x, y = _data()
+    with pytest.raises(ValueError, match="stacked"):
+        sweeps.grad_norms_batched(object(), x, y)
+    with pytest.raises(ValueError, match="loss"):
+        sweeps.grad_norms_batched(stacked, x, y, loss="hinge")
+    with pytest.raises(ValueError, match="inputs"):
+        sweeps.grad_norms_batched(stacked, torch.randn(40, 4), y)
+    with pytest.raises(ValueError, match="targets"):
+        sweeps.grad_norms_batched(stacked, x, y[:-1])
+    with pytest.raises(ValueError, match="long"):
+        sweeps.grad_norms_batched(stacked, x, y.float())
+    with pytest.raises(ValueError, match="mse"):
+        sweeps.grad_norms_batched(stacked, x, torch.randn(40, 2), loss="mse")
+    with pytest.raises(ValueError, match="inputs"):
+        stacked.forward(torch.randn(3, 4, 5))
+    with pytest.raises(ValueError, match="nets"):
+        stacked.copy_to(_nets([("tanh", "xavier", 0)]))
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(steps=0), "steps"),
+        (dict(eval_every=0), "eval_every"),
+        (dict(lr=0.0), "lr"),
+        (dict(lr=True), "lr"),
+        (dict(optimizer="adam"), "optimizer"),
+        (dict(clip=-1.0), "clip"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=41), "batch_size"),
+        (dict(generator=3), "generator"),
+        (dict(loss="hinge"), "loss"),
+        (dict(test_data=(1, 2, 3)), "test_data"),
+    ],
+)
+def test_train_batched_errors(kw, match):
+    stacked = sweeps.stack_mlps(_nets([("tanh", "xavier", 0)]))
+    args = dict(steps=2, lr=0.1, batch_size=8) | kw
+    with pytest.raises(ValueError, match=match):
+        sweeps.train_batched(stacked, _data(), **args)
+    with pytest.raises(ValueError, match="data"):
+        sweeps.train_batched(stacked, _data()[0], steps=2, lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(depths=[]), "depths"),
+        (dict(depths=[0]), "depths"),
+        (dict(activations=["foo"]), "activations"),
+        (dict(activations="tanh"), "activations"),
+        (dict(inits=["bogus"]), "inits"),
+        (dict(seeds=[-1]), "seeds"),
+        (dict(seeds=[]), "seeds"),
+        (dict(width=0), "width"),
+        (dict(out_features=0), "out_features"),
+        (dict(method="vmap"), "method"),
+        (dict(loss="hinge"), "loss"),
+        (dict(steps=-1), "steps"),
+        (dict(max_stack=0), "max_stack"),
+        (dict(batch_seed=-2), "batch_seed"),
+        (dict(data=torch.randn(3, 5)), "data"),
+        (dict(device="tpu"), "device"),
+    ],
+)
+def test_depth_sweep_errors(kw, match):
+    args = dict(depths=[2], activations=["tanh"], inits=["xavier"], seeds=[0], width=4, data=_data(),
+                out_features=3) | kw
+    with pytest.raises(ValueError, match=match):
+        sweeps.depth_sweep(**args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_depth_sweep_absent_cuda_is_a_value_error():
+    with pytest.raises(ValueError, match="cuda"):
+        sweeps.depth_sweep(depths=[2], activations=["tanh"], inits=["xavier"], seeds=[0], width=4, data=_data(),
+                           out_features=3, device="cuda")
+
+
+def test_build_mlp_rejects_bad_seed():
+    with pytest.raises(ValueError, match="seed"):
+        sweeps.build_mlp(seed=-1, in_features=2, out_features=2, depth=1, width=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stacked_runs_on_cuda():
+    nets = _nets([("tanh", "xavier", 0), ("relu", "he", 1)])
+    x, y = _data()
+    stacked = sweeps.stack_mlps(nets).to("cuda")
+    torch.testing.assert_close(sweeps.grad_norms_batched(stacked, x, y), _loop_norms(nets, x, y), rtol=1e-4, atol=0)
+    hist = sweeps.train_batched(stacked, (x, y), steps=3, lr=0.1, batch_size=8)
+    assert hist["loss"].device.type == "cpu"
