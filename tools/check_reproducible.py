@@ -34,8 +34,17 @@ def outputs(nb) -> list[str]:
         if "nbval-ignore-output" in cell.metadata.get("tags", []):
             result.append("<ignored>")
             continue
-        outs = [{k: v for k, v in o.items() if k not in ("execution_count", "metadata")} for o in cell.outputs]
-        outs = [o for o in outs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        outs = []
+        for o in cell.outputs:
+            o = {k: v for k, v in o.items() if k not in ("execution_count", "metadata")}
+            if o.get("output_type") == "stream":
+                if o.get("name") == "stderr":
+                    continue
+                # The kernel may split one print's text into chunks differently from run to run.
+                if outs and outs[-1].get("output_type") == "stream" and outs[-1]["name"] == o["name"]:
+                    outs[-1] = {**outs[-1], "text": outs[-1]["text"] + o["text"]}
+                    continue
+            outs.append(o)
         result.append(json.dumps(outs, sort_keys=True))
     return result
 

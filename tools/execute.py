@@ -3,8 +3,9 @@
     python tools/execute.py chapters/05_activations.ipynb [more.ipynb ...]
 
 Runs each notebook in a fresh kernel from its own folder, without recording
-per-cell timestamps (they would change on every run), and stops at the first
-error, showing the failing cell. Store the result: outputs are the contract
+per-cell timestamps (they would change on every run), joins printed text that
+the kernel happened to send in several chunks, and stops at the first error,
+showing the failing cell. Store the result: outputs are the contract
 that strict nbval re-checks.
 """
 
@@ -18,6 +19,17 @@ import nbformat
 from nbclient import NotebookClient
 
 
+def merge_streams(outputs: list) -> list:
+    """Join consecutive chunks of the same stream: the kernel splits printed text arbitrarily."""
+    merged: list = []
+    for out in outputs:
+        if out.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == out.name:
+            merged[-1].text += out.text
+        else:
+            merged.append(out)
+    return merged
+
+
 def execute(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     os.environ.pop("MPLBACKEND", None)
@@ -28,6 +40,8 @@ def execute(path: Path) -> None:
     client.execute()
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
     nb.metadata.setdefault("kernelspec", {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"})
     nbformat.write(nb, path)
 
