@@ -146,3 +146,24 @@ def test_glossary_terms_are_linked_at_first_use():
             if unlinked:
                 missing[path.name] = unlinked
     assert not missing, f"glossary terms used but not linked (run python tools/link_glossary.py): {missing}"
+
+
+CHAPTERS = [p for p in NOTEBOOKS if p.name[:2].isdigit()]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_is_a_textbook_chapter(path):
+    """Every numbered chapter: prerequisites note, exercises with hidden solutions, figures referenced, citations."""
+    nb = json.loads(path.read_text())
+    text = "\n".join(_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert "What you need to know first" in text, f"{path.name}: no 'What you need to know first' note"
+    exercises = len(re.findall(r"(?:`{3,}|:{3,})\{exercise(?:-start)?\}", text))
+    solutions = re.findall(r"(?:`{3,}|:{3,})\{solution(?:-start)?\}[^\n]*\n(?::[^\n]*\n)*", text)
+    assert exercises >= 3, f"{path.name}: {exercises} exercises (at least 3)"
+    assert len(solutions) >= exercises and all(":class: dropdown" in s for s in solutions), f"{path.name}: solutions must be hidden"
+    assert "{cite" in text, f"{path.name}: cites nothing"
+    names = [c["metadata"].get("mystnb", {}).get("figure", {}).get("name") for c in nb["cells"] if c["cell_type"] == "code"]
+    for name in filter(None, names):
+        assert f"`{name}`" in text, f"{path.name}: figure {name} is never referenced from the text"
+    words = len(re.sub(r"\$\$.*?\$\$|\$[^$]*\$", " ", text, flags=re.S).split())
+    assert words >= 2000, f"{path.name}: only {words} words of prose"

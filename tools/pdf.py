@@ -1,6 +1,7 @@
 """Print the whole book to one PDF for offline readers, with headless Chromium.
 
-    python tools/pdf.py        # after tools/build.py; writes _build/html/vanishing-gradients.pdf
+    python tools/pdf.py           # after tools/build.py; writes _build/html/vanishing-gradients.pdf
+    python tools/pdf.py --force   # print again even if no page changed since the last PDF
 
 Opens every page of the built site in reading order (the table of contents),
 lets the bundled MathJax typeset it, opens every collapsed solution, prints it
@@ -38,6 +39,10 @@ def main() -> int:
     if not Path(CHROMIUM).exists():
         print(f"tools/pdf.py: {CHROMIUM} is missing (Debian package chromium); no PDF written", file=sys.stderr)
         return 1
+    pages = reading_order()
+    if OUT.exists() and "--force" not in sys.argv[1:] and all(p.stat().st_mtime < OUT.stat().st_mtime for p in pages):
+        print(f"tools/pdf.py: {OUT.relative_to(ROOT)} is newer than every page; nothing to print (--force to redo)")
+        return 0
     from playwright.sync_api import sync_playwright
     from pypdf import PdfWriter
 
@@ -46,7 +51,7 @@ def main() -> int:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page()
         page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(("file:", "data:")) else r.abort())
-        for path in reading_order():
+        for path in pages:
             page.goto(path.as_uri(), wait_until="load")
             if page.locator(".math").count():
                 page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=60000)

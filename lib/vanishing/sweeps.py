@@ -381,24 +381,14 @@ def train_batched(
     the other networks; the diverged one's values become nan or inf.
     """
     stacked = _check_stacked(stacked)
-    for name, value in (("steps", steps), ("eval_every", eval_every)):
-        _positive_int(name, value)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
-        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
     x_all, y_all = _check_data(data[0], data[1], loss, stacked)
     n = len(x_all)
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n
-    ):
-        raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
+    train_mod.check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer, allowed=OPTIMIZERS,
+                             clip=clip, batch_size=batch_size, n=n)
     sets = [("", x_all, y_all)]
     if test_data is not None:
         if not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):

@@ -14,7 +14,7 @@ from torch import nn
 
 from .probes import weight_names
 
-__all__ = ["OPTIMIZERS", "LOSSES", "train", "accuracy"]
+__all__ = ["OPTIMIZERS", "LOSSES", "train", "accuracy", "check_schedule"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "rprop")
 LOSSES = ("cross_entropy", "mse")
@@ -23,6 +23,24 @@ LOSSES = ("cross_entropy", "mse")
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of rows whose largest logit is at the target class."""
     return float((logits.argmax(dim=-1) == targets).float().mean())
+
+
+def check_schedule(
+    *, steps: object, eval_every: object, lr: object, optimizer: object, allowed: tuple[str, ...],
+    clip: object, batch_size: object, n: int,
+) -> None:
+    """Validate the arguments every training loop of the library shares, naming the bad one."""
+    for name, value in (("steps", steps), ("eval_every", eval_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if optimizer not in allowed:
+        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(allowed)}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n):
+        raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
 
 
 def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -67,23 +85,14 @@ def train(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    for name, value in (("steps", steps), ("eval_every", eval_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
-        raise ValueError(f"clip must be positive or None, got {clip!r}")
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
     inputs, targets = data
     if len(inputs) != len(targets):
         raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
     n = len(inputs)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n):
-        raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
+    check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer, allowed=OPTIMIZERS,
+                   clip=clip, batch_size=batch_size, n=n)
     if callable(loss):
         loss_fn = loss
     elif loss == "cross_entropy":
