@@ -1,6 +1,8 @@
 """Rehearse Binder: a fresh environment from binder/, postBuild, then every chapter executed.
 
     python bench/binder_rehearsal.py
+    python bench/binder_rehearsal.py --local-index   # without PyTorch's CPU wheel index (unreachable
+                                                     # here); pip's configured index must hold torch+cpu
 
 Recreates what mybinder.org does as closely as one machine allows: a new
 virtual environment with only binder/requirements.txt (CPU torch), then
@@ -25,12 +27,19 @@ BINDER_MB = 2048
 
 
 def main() -> int:
+    local = "--local-index" in sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="vg-binder-") as tmp:
+        requirements = ROOT / "binder" / "requirements.txt"
+        if local:
+            stripped = Path(tmp) / "requirements.txt"
+            lines = requirements.read_text().splitlines()
+            stripped.write_text("\n".join(line for line in lines if not line.startswith("--extra-index-url")) + "\n")
+            requirements = stripped
         venv = Path(tmp) / "env"
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         python = venv / "bin" / "python"
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "-r", ROOT / "binder" / "requirements.txt"], check=True)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "-r", requirements], check=True)
         env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv))
         subprocess.run(["bash", ROOT / "binder" / "postBuild"], cwd=ROOT, env=env, check=True)
         print(f"environment ready in {time.perf_counter() - start:.0f} s (binder/requirements.txt + postBuild)", flush=True)
