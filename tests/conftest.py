@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # An inherited Agg backend makes plt.show() emit nothing, so figures would vanish
 # from the re-executed notebooks; kernels inherit this process's environment.
 os.environ.pop("MPLBACKEND", None)
@@ -18,3 +20,14 @@ os.environ.pop("MPLBACKEND", None)
 def pytest_collectstart(collector):
     if getattr(collector, "fspath", None) is not None and collector.fspath.ext == ".ipynb":
         collector.skip_compare = (*collector.skip_compare, "image/svg+xml", "stderr")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module's tiny tensors on one thread: OpenMP hand-offs would dominate (vg.seed does the same)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -312,3 +312,11 @@ def test_layer_profile_marks_zeros():
         plots.layer_profile(ax, [])
     plt.close(fig)
     assert math.isclose(matplotlib.rcParams["figure.dpi"], 100)
+
+
+def test_draw_batch_is_seeded_and_full_batch_is_the_set():
+    x, y = torch.arange(20.0).reshape(10, 2), torch.arange(10)
+    assert train.draw_batch(x, y, None, None) == (x, y)
+    a = train.draw_batch(x, y, 4, torch.Generator().manual_seed(1))
+    b = train.draw_batch(x, y, 4, torch.Generator().manual_seed(1))
+    assert a[0].shape == (4, 2) and torch.equal(a[0], b[0]) and torch.equal(a[0][:, 0] / 2, a[1].float())

@@ -36,12 +36,7 @@ bad_ints = st.one_of(st.integers(max_value=0), st.just(True), st.floats(0.5, 9.5
 words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_:0123456789", min_size=1, max_size=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def raises_naming(parameter: str):
@@ -116,6 +111,11 @@ def test_device_cpu_by_name_and_environment(pad, upper):
 @FAST
 @given(name=words.filter(lambda s: s.strip().lower().partition(":")[0] not in ("cpu", "cuda", "mps")))
 def test_device_rejects_unknown_names(name):
+    _device_rejected(name)
+
+
+def _device_rejected(name: str) -> None:
+    """``name`` is refused both as an argument and through VANISHING_DEVICE, each error naming its source."""
     with raises_naming("name"):
         vg.device(name)
     with pytest.MonkeyPatch.context() as mp:
@@ -129,13 +129,7 @@ def test_device_rejects_unknown_names(name):
 def test_device_absent_cuda_is_an_error(index):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    name = "cuda" if index is None else f"cuda:{index}"
-    with raises_naming("name"):
-        vg.device(name)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(vg.DEVICE_ENV, name)
-        with raises_naming(vg.DEVICE_ENV):
-            vg.device()
+    _device_rejected("cuda" if index is None else f"cuda:{index}")
 
 
 @FAST

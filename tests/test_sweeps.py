@@ -10,14 +10,7 @@ import torch.nn.functional as F
 
 from vanishing import models, probes, sweeps, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP hand-offs that dominate on a busy machine (vg.seed does the same).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu", "linear"]

@@ -414,11 +414,7 @@ def train_batched(
                     columns.setdefault(prefix + "acc", []).append(hits)
 
     for step in range(1, steps + 1):
-        if batch_size is None:
-            x, y = x_all, y_all
-        else:
-            idx = torch.randint(0, n, (batch_size,), generator=generator, device="cpu").to(x_all.device)
-            x, y = x_all[idx], y_all[idx]
+        x, y = train_mod.draw_batch(x_all, y_all, batch_size, generator)
         per_net = _per_network_loss(stacked.forward(x), y, loss)
         grads = list(torch.autograd.grad(per_net.sum(), params))
         bad = ~torch.isfinite(per_net.detach())

@@ -14,7 +14,7 @@ from torch import nn
 
 from .probes import weight_names
 
-__all__ = ["OPTIMIZERS", "LOSSES", "train", "accuracy", "check_schedule"]
+__all__ = ["OPTIMIZERS", "LOSSES", "train", "accuracy", "check_schedule", "draw_batch"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "rprop")
 LOSSES = ("cross_entropy", "mse")
@@ -41,6 +41,17 @@ def check_schedule(
         raise ValueError(f"clip must be a positive number or None, got {clip!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n):
         raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
+
+
+def draw_batch(
+    inputs: torch.Tensor, targets: torch.Tensor, batch_size: int | None, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One minibatch drawn with replacement (indices drawn on the CPU, so a seeded CPU generator
+    gives the same batches on every device); ``batch_size=None`` returns the whole set."""
+    if batch_size is None:
+        return inputs, targets
+    idx = torch.randint(0, len(inputs), (batch_size,), generator=generator, device="cpu").to(inputs.device)
+    return inputs[idx], targets[idx]
 
 
 def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -133,11 +144,7 @@ def train(
 
     model.train()
     for step in range(1, steps + 1):
-        if batch_size is None:
-            x, y = inputs, targets
-        else:
-            idx = torch.randint(0, n, (batch_size,), generator=generator, device="cpu").to(inputs.device)
-            x, y = inputs[idx], targets[idx]
+        x, y = draw_batch(inputs, targets, batch_size, generator)
         opt.zero_grad(set_to_none=True)
         value = loss_fn(model(x), y)
         if not torch.isfinite(value):
