@@ -142,6 +142,29 @@ def test_train_batched_agrees_with_train(kw):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+
+def test_train_batched_own_batches_and_grad_norms_agree_with_train():
+    # One generator per network: each draws its own minibatches, as its own train.train call would;
+    # the gradient norms recorded on those batches (before clipping) match the loop's too.
+    configs = [("relu", "he", 0), ("relu", "he", 1), ("tanh", "xavier", 2)]
+    x, y = _data(60)
+    loop_nets = _nets(configs, norm="layer")
+    stacked = sweeps.stack_mlps(_nets(configs, norm="layer"))
+    hist = sweeps.train_batched(stacked, (x, y), steps=9, lr=0.1, batch_size=8, optimizer="momentum", clip=0.5,
+                                eval_every=3, record_grad_norms=True,
+                                generator=[torch.Generator().manual_seed(s) for _, _, s in configs])
+    assert hist["grad_norms"].shape == (3, 4, 4) and hist["grad_norms"].dtype == torch.float64
+    for k, (net, (_, _, s)) in enumerate(zip(loop_nets, configs, strict=True)):
+        ref = train.train(net, (x, y), steps=9, lr=0.1, batch_size=8, optimizer="momentum", clip=0.5, eval_every=3,
+                          record_grad_norms=True, generator=torch.Generator().manual_seed(s))
+        torch.testing.assert_close(hist["loss"][k], torch.tensor(ref["loss"]), rtol=1e-5, atol=1e-6)
+        expected = torch.tensor([list(g.values()) for g in ref["grad_norms"]], dtype=torch.float64)
+        torch.testing.assert_close(hist["grad_norms"][k], expected, rtol=1e-5, atol=0)
+    # Different generators really give different batches: the first two networks start identical in shape
+    # and activation but follow different data, so their curves differ.
+    assert not torch.equal(hist["loss"][0], hist["loss"][1])
+
+
 def test_train_batched_mse_and_layer_norm():
     configs = [("tanh", "xavier", 0), ("silu", "he", 1)]
     x, _ = _data(30)
@@ -255,6 +278,7 @@ def test_grad_norms_and_forward_errors():
         (dict(batch_size=0), "batch_size"),
         (dict(batch_size=41), "batch_size"),
         (dict(generator=3), "generator"),
+        (dict(generator=[torch.Generator(), torch.Generator()]), "generator"),
         (dict(loss="hinge"), "loss"),
         (dict(test_data=(1, 2, 3)), "test_data"),
     ],
@@ -316,3 +340,25 @@ def test_stacked_runs_on_cuda():
     torch.testing.assert_close(sweeps.grad_norms_batched(stacked, x, y), _loop_norms(nets, x, y), rtol=1e-4, atol=0)
     hist = sweeps.train_batched(stacked, (x, y), steps=3, lr=0.1, batch_size=8)
     assert hist["loss"].device.type == "cpu"
+
+
+def test_histories_split_a_batched_record_like_train():
+    configs = [("tanh", "xavier", 0), ("relu", "he", 1)]
+    x, y = _data(40)
+    loop_nets = _nets(configs)
+    hist = sweeps.train_batched(sweeps.stack_mlps(_nets(configs)), (x, y), steps=4, lr=0.1, batch_size=8,
+                                eval_every=2, test_data=(x[:10], y[:10]), record_grad_norms=True,
+                                generator=torch.Generator().manual_seed(1))
+    split = sweeps.histories(hist)
+    assert len(split) == 2
+    for net, one in zip(loop_nets, split, strict=True):
+        ref = train.train(net, (x, y), steps=4, lr=0.1, batch_size=8, eval_every=2, test_data=(x[:10], y[:10]),
+                          record_grad_norms=True, generator=torch.Generator().manual_seed(1))
+        assert one["step"] == ref["step"] == [1, 2, 4]
+        assert set(one) == set(ref) | {"diverged_at"}
+        assert all(isinstance(v, float) for v in one["test_acc"])
+        assert one["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        expected = [list(g.values()) for g in ref["grad_norms"]]
+        torch.testing.assert_close(torch.tensor(one["grad_norms"]), torch.tensor(expected), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="history"):
+        sweeps.histories({"loss": []})

@@ -16,7 +16,9 @@ rounding:
 
 * :func:`stack_mlps` - K built MLPs of one shape -> a :class:`StackedMLP`;
 * :func:`grad_norms_batched` - per-network, per-layer gradient norms, ``(K, depth + 1)``;
-* :func:`train_batched` - SGD (or SGD with momentum) for all K networks at once;
+* :func:`train_batched` - SGD (or SGD with momentum) for all K networks at once, on
+  shared minibatches or on each network's own; :func:`histories` splits its record
+  into K histories shaped like ``train.train``'s;
 * :func:`build_mlp` - ``models.mlp`` under its own seed, without touching the global RNG;
 * :func:`depth_sweep` - the whole grid, as a tidy list of dict rows, batched or
   (``method="loop"``) one network at a time for reference.
@@ -24,21 +26,28 @@ rounding:
 Everything runs on the device the stacked parameters live on (CPU or CUDA);
 inputs are moved there.
 
-What stacking buys depends on how much of the loop is overhead. On one CPU
-thread at width 64 the loop already spends much of its time in arithmetic -
-matrix products and transcendental activations that stacking does not remove -
-so ``bench/bench_sweeps.py`` measures modest gains: about 1.5-2x for minibatch
-training (batch 64) and 1.0-1.3x for gradient norms on a 256-example batch,
-where building the networks with ``models.mlp`` costs as much as measuring them. The gain grows as the
-per-network work shrinks (small batches, narrow layers) and on a GPU, where the
-loop is bound by kernel launches and the stacked form launches K times fewer.
+Gradients are computed by hand-written backpropagation through the stack
+(:meth:`StackedMLP._backprop`), not by autograd: each step calls the kernel autograd
+itself would call (``bmm``, ``sigmoid_backward``, ``native_layer_norm_backward``, ...)
+with ``out=`` into buffers the stack keeps between steps. So the numbers are
+autograd's (the book's gradient sweeps agree with the loop to the last bit), without
+a graph to build and without fresh megabyte-sized tensors at every layer of every step.
+
+What stacking buys depends on how much of the loop is overhead, which
+``bench/bench_sweeps.py`` measures on the book's own sweeps (one CPU thread): about
+3x for 08_residual's training sweep (width 32, where the loop is mostly per-call
+overhead), about 2x for 05_activations' (width 64, five different activations in a
+stack of five), and nothing for gradient norms on a 256-example batch, where building
+the networks with ``models.mlp`` (random numbers for every weight) and the matrix
+products themselves dominate and stacking removes neither. On a GPU, where the loop
+is bound by kernel launches, the stacked form launches K times fewer.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +65,7 @@ __all__ = [
     "stack_mlps",
     "grad_norms_batched",
     "train_batched",
+    "histories",
     "depth_sweep",
 ]
 
@@ -65,6 +75,46 @@ LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "momentum")
 #: How :func:`depth_sweep` runs a grid: stacked, or one network at a time (the reference).
 METHODS = ("batched", "loop")
+
+
+aten = torch.ops.aten
+
+#: forward(z, out) writes phi(z) into ``out``; backward(grad, z, a, out) writes grad * phi'(z) into ``out``
+#: given z and a = phi(z).
+Kernels = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
+
+
+def _kernels(module: nn.Module) -> Kernels:
+    """The forward and backward kernels of one activation module.
+
+    They are the aten kernels autograd itself runs for these modules (``sigmoid_backward``
+    from the output, ``gelu_backward`` from the input, ...), called with ``out=`` so that a
+    stacked pass writes into buffers it reuses instead of allocating afresh: the stacked
+    gradients are bit for bit what autograd computes on the same stack.
+    """
+    if isinstance(module, nn.Sigmoid):
+        return (lambda z, o: aten.sigmoid.out(z, out=o),
+                lambda g, z, a, o: aten.sigmoid_backward.grad_input(g, a, grad_input=o))
+    if isinstance(module, nn.Tanh):
+        return (lambda z, o: aten.tanh.out(z, out=o),
+                lambda g, z, a, o: aten.tanh_backward.grad_input(g, a, grad_input=o))
+    if isinstance(module, nn.ReLU):
+        return (lambda z, o: aten.clamp_min.out(z, 0, out=o),
+                lambda g, z, a, o: aten.threshold_backward.grad_input(g, a, 0, grad_input=o))
+    if isinstance(module, nn.LeakyReLU):
+        slope = module.negative_slope
+        return (lambda z, o: aten.leaky_relu.out(z, slope, out=o),
+                lambda g, z, a, o: aten.leaky_relu_backward.grad_input(g, z, slope, False, grad_input=o))
+    if isinstance(module, nn.GELU):
+        approx = module.approximate
+        return (lambda z, o: aten.gelu.out(z, approximate=approx, out=o),
+                lambda g, z, a, o: aten.gelu_backward.grad_input(g, z, approximate=approx, grad_input=o))
+    if isinstance(module, nn.SiLU):
+        return (lambda z, o: aten.silu.out(z, out=o),
+                lambda g, z, a, o: aten.silu_backward.grad_input(g, z, grad_input=o))
+    if isinstance(module, nn.Identity):
+        return (lambda z, o: o.copy_(z), lambda g, z, a, o: o.copy_(g))
+    raise ValueError(f"activation {module!r} has no stacked kernels; allowed: {', '.join(models.ACTIVATIONS)}")
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -101,6 +151,8 @@ class StackedMLP:
     residual: list[bool]
     groups: list[tuple[int, int, nn.Module]]
     activations: list[str]
+    # Buffers a pass writes into, kept between passes (see _buffer); never part of the public state.
+    _work: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -120,6 +172,123 @@ class StackedMLP:
     def parameters(self) -> list[torch.Tensor]:
         """Every stacked parameter tensor (leading axis K), in a fixed order."""
         return [*self.weights, *self.biases, *self.norm_weights, *self.norm_biases]
+
+    def _buffer(self, key: tuple, shape: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A reusable buffer of ``shape`` and its views, one per activation group.
+
+        A training step or an evaluation chunk needs the same tensors every time. Reusing
+        them saves the allocator's work and the page faults of touching fresh memory (a
+        stack's activations are megabytes, where one network's fit in a few kilobytes), and
+        the group views are sliced once instead of at every layer of every step.
+        """
+        entry = self._work.get(key)
+        if entry is None or entry[0].shape != shape:
+            t = torch.empty(shape, dtype=self.weights[0].dtype, device=self.device)
+            entry = self._work[key] = (t, [t[start:stop] for start, stop, _ in self.groups])
+        return entry
+
+    def _kernels(self) -> list[Kernels]:
+        if "kernels" not in self._work:
+            self._work["kernels"] = [_kernels(act) for _, _, act in self.groups]
+        return self._work["kernels"]
+
+    def _pass(self, x: torch.Tensor, *, keep: bool) -> tuple[torch.Tensor, list[tuple]]:
+        """Outputs (K, B, out) of all K networks on a shared batch ``x`` (B, in), or on one batch
+        each (K, B, in), without autograd.
+
+        With ``keep`` every layer's tensors are kept for :meth:`_backprop` (in buffers of their
+        own); without, two sets of buffers alternate, enough for evaluation.
+        """
+        k, rows = self.size, x.shape[-2]
+        kernels = self._kernels()
+        h = x if x.dim() == 3 else x.expand(k, *x.shape)
+        saved = []
+        for i in range(self.depth):
+            w = self.weights[i]
+            shape = (k, rows, w.shape[1])
+            slot = i if keep else -1 - i % 2  # evaluation buffers apart from a step's, which differ in shape
+            z, z_parts = self._buffer(("z", slot), shape)
+            torch.baddbmm(self.biases[i].unsqueeze(1), h, w.transpose(1, 2), out=z)
+            u, u_parts, stats = z, z_parts, None
+            if self.norm_weights:
+                zn, mean, rstd = aten.native_layer_norm(z, [shape[2]], None, None, self.norm_eps)
+                u, u_parts = self._buffer(("u", slot), shape)
+                torch.addcmul(self.norm_biases[i].unsqueeze(1), zn, self.norm_weights[i].unsqueeze(1), out=u)
+                stats = (zn, mean, rstd)
+            a, a_parts = self._buffer(("a", slot), shape)
+            for (forward, _), u_part, a_part in zip(kernels, u_parts, a_parts, strict=True):
+                forward(u_part, a_part)
+            h_out = torch.add(h, a, out=self._buffer(("h", slot), shape)[0]) if self.residual[i] else a
+            if keep:
+                saved.append((h, z, u_parts, stats, a_parts))
+            h = h_out
+        out = torch.baddbmm(self.biases[-1].unsqueeze(1), h, self.weights[-1].transpose(1, 2))
+        saved.append((h,))
+        return out, saved
+
+    def _backprop(
+        self, x: torch.Tensor, y: torch.Tensor, loss: str, *, weights_only: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-network losses (K,) and gradients on a batch, by hand-written backpropagation.
+
+        ``x`` is a batch shared by all networks (B, in) or one per network (K, B, in), with
+        targets ``y`` to match ((B,) or (K, B) labels; (B, out) or (K, B, out) for mse).
+
+        The gradients come in the order of :meth:`parameters` (only the weights with
+        ``weights_only``). They live in this stack's buffers: use them before the next pass.
+        Each step is the kernel autograd would run, so the result equals autograd's on the
+        stack, at a fraction of its bookkeeping: no graph, no fresh tensors per step.
+        """
+        kernels = self._kernels()
+        out, saved = self._pass(x, keep=True)
+        rows = x.shape[-2]
+        if loss == "cross_entropy":
+            logp = out.log_softmax(dim=-1)
+            mask = F.one_hot(y, out.shape[-1]).to(out.dtype)
+            losses = -(logp * mask).sum(dim=-1).mean(dim=1)
+            g = aten._log_softmax_backward_data((mask * (-1.0 / rows)).expand_as(logp).contiguous(), logp, -1,
+                                                logp.dtype)
+        else:
+            diff = out - y
+            losses = diff.pow(2).flatten(1).mean(dim=1)
+            g = diff * (2.0 / diff[0].numel())
+        depth = self.depth
+        g_w: list[torch.Tensor] = [None] * (depth + 1)  # type: ignore[list-item]
+        g_b: list[torch.Tensor] = [None] * (depth + 1)  # type: ignore[list-item]
+        g_gain: list[torch.Tensor] = [None] * len(self.norm_weights)  # type: ignore[list-item]
+        g_shift: list[torch.Tensor] = [None] * len(self.norm_weights)  # type: ignore[list-item]
+        skip = None  # gradient reaching a residual block's output, passed straight to its input
+        for i in range(depth, -1, -1):
+            h_in = saved[i][0]
+            g_w[i] = torch.bmm(g.transpose(1, 2), h_in, out=self._buffer(("gw", i), self.weights[i].shape)[0])
+            if not weights_only:
+                g_b[i] = torch.sum(g, dim=1, out=self._buffer(("gb", i), self.biases[i].shape)[0])
+            if i == 0:
+                break
+            # Gradient at the output of hidden layer i - 1 (= the input of layer i).
+            g_h, g_h_parts = self._buffer(("gh", i % 2), h_in.shape)
+            torch.bmm(g, self.weights[i], out=g_h)
+            if skip is not None:
+                g_h.add_(skip)
+            _, z, u_parts, stats, a_parts = saved[i - 1]
+            skip = g_h if self.residual[i - 1] else None
+            g_u, g_u_parts = self._buffer(("gu", i % 2), h_in.shape)
+            for (_, backward), g_part, u_part, a_part, out_part in zip(kernels, g_h_parts, u_parts, a_parts,
+                                                                         g_u_parts, strict=True):
+                backward(g_part, u_part, a_part, out_part)
+            if stats is None:
+                g = g_u
+                continue
+            zn, mean, rstd = stats
+            if not weights_only:
+                g_gain[i - 1] = (g_u * zn).sum(dim=1)
+                g_shift[i - 1] = g_u.sum(dim=1)
+            g_zn = g_u * self.norm_weights[i - 1].unsqueeze(1)
+            g = aten.native_layer_norm_backward(g_zn, z, [z.shape[2]], mean, rstd, None, None,
+                                                [True, False, False])[0]
+        if weights_only:
+            return losses, g_w
+        return losses, [*g_w, *g_b, *g_gain, *g_shift]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Outputs of all K networks: ``inputs`` (B, in) shared by all, or (K, B, in) one batch each.
@@ -268,18 +437,12 @@ def _check_stacked(stacked: object) -> StackedMLP:
 def _cross_entropy(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of every (network, example), shape (K, B), from logits (K, B, C) and labels (B,).
 
-    log-softmax times a one-hot mask: the same value F.cross_entropy computes, but with
-    elementwise kernels only, which are deterministic on CUDA too (nll_loss2d is not).
+    logsumexp minus the target's logit: the value F.cross_entropy computes (to float
+    rounding), with kernels that are deterministic on CUDA too (nll_loss2d is not) and,
+    on a CPU, several times faster than log_softmax over a last axis of ten classes.
     """
     mask = F.one_hot(labels, out.shape[-1]).to(out.dtype)
-    return -(out.log_softmax(dim=-1) * mask).sum(dim=-1)
-
-
-def _per_network_loss(out: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """The loss of each of the K networks, shape (K,), averaged over the batch as torch's 'mean' does."""
-    if loss == "cross_entropy":
-        return _cross_entropy(out, targets).mean(dim=1)
-    return (out - targets).pow(2).flatten(1).mean(dim=1)
+    return out.logsumexp(dim=-1) - (out * mask).sum(dim=-1)
 
 
 def _check_data(
@@ -306,9 +469,9 @@ def _check_data(
     return x, y
 
 
-#: Rows of (K, rows, width) activations an evaluation pass holds at once: about 1 MiB in float32,
-#: so each layer's output stays in a CPU core's cache instead of streaming through memory.
-EVAL_ELEMENTS = 2**18
+#: Elements of the (K, rows, width) activations an evaluation pass holds at once (8 MiB in float32):
+#: enough rows for efficient matrix products, a bounded footprint however large the evaluation set.
+EVAL_ELEMENTS = 2**21
 
 
 def _evaluate(
@@ -319,7 +482,7 @@ def _evaluate(
     rows = max(1, EVAL_ELEMENTS // (stacked.size * width))
     per_example, hits = [], []
     for start in range(0, len(x), rows):
-        out = stacked.forward(x[start:start + rows])
+        out, _ = stacked._pass(x[start:start + rows], keep=False)
         yc = y[start:start + rows]
         if loss == "cross_entropy":
             per_example.append(_cross_entropy(out, yc))
@@ -343,8 +506,8 @@ def grad_norms_batched(
     """
     stacked = _check_stacked(stacked)
     x, y = _check_data(inputs, targets, loss, stacked, name="inputs/targets")
-    per_net = _per_network_loss(stacked.forward(x), y, loss)
-    grads = torch.autograd.grad(per_net.sum(), stacked.weights)
+    with torch.no_grad():
+        _, grads = stacked._backprop(x, y, loss, weights_only=True)
     # In float64, as probes.grad_norms: squares of float32 entries below about 1e-20 would underflow to zero.
     return torch.stack([g.detach().double().flatten(1).norm(dim=1) for g in grads], dim=1).cpu()
 
@@ -361,7 +524,8 @@ def train_batched(
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     eval_every: int = 10,
     clip: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    record_grad_norms: bool = False,
 ) -> dict[str, object]:
     """Train all K stacked networks at once, in place, the way :func:`vanishing.train.train` trains one.
 
@@ -370,19 +534,31 @@ def train_batched(
     ``batch_size`` drawn with ``generator`` (``None``: torch's global generator;
     ``batch_size=None``: full batch); ``clip`` rescales each network's whole gradient
     to at most that norm; every ``eval_every`` steps (and at step 1) the loss and,
-    for classification, the accuracy on all of ``data`` (and ``test_data``) are recorded.
-    All K networks see the *same* minibatches: the plain loop matches this when every
-    ``train.train`` call gets a generator seeded the same way.
+    for classification, the accuracy on all of ``data`` (and ``test_data``) are recorded,
+    and with ``record_grad_norms`` the norm of each weight matrix's gradient on that
+    step's batch (before clipping, as ``train.train`` records it).
+    With one generator all K networks see the *same* minibatches (the plain loop matches
+    this when every ``train.train`` call gets a generator seeded the same way); with a
+    list of K generators network k draws its own minibatches with generator k, exactly
+    as ``train.train(..., generator=generator[k])`` would.
 
     Returns ``step`` (list of ints), ``loss``/``acc``/``test_loss``/``test_acc``
-    (tensors of shape (K, evaluations), on the CPU) and ``diverged_at`` (per network,
+    (tensors of shape (K, evaluations), on the CPU), ``grad_norms`` when recorded
+    (float64, (K, evaluations, depth + 1), input layer first) and ``diverged_at`` (per network,
     the first step whose training loss was not finite, else ``None``). Where
     ``train.train`` raises ``FloatingPointError``, the batched form keeps training
     the other networks; the diverged one's values become nan or inf.
     """
     stacked = _check_stacked(stacked)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    k = stacked.size
+    per_network = isinstance(generator, Sequence) and not isinstance(generator, str)
+    if per_network:
+        if len(generator) != k or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(f"generator: a list must hold one torch.Generator per network ({k}), got {generator!r}")
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator, a list of {k} of them, or None, got {type(generator).__name__}"
+        )
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
     x_all, y_all = _check_data(data[0], data[1], loss, stacked)
@@ -397,7 +573,6 @@ def train_batched(
     classify = loss == "cross_entropy"
 
     params = stacked.parameters()
-    k = stacked.size
     buffers: list[torch.Tensor] | None = None
     columns: dict[str, list[torch.Tensor]] = {}
     steps_seen: list[int] = []
@@ -413,11 +588,22 @@ def train_batched(
                 if classify:
                     columns.setdefault(prefix + "acc", []).append(hits)
 
+    norms: list[torch.Tensor] = []
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        if not per_network or batch_size is None:
+            return train_mod.draw_batch(x_all, y_all, batch_size, generator)
+        batches = [train_mod.draw_batch(x_all, y_all, batch_size, g) for g in generator]
+        return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
     for step in range(1, steps + 1):
-        x, y = train_mod.draw_batch(x_all, y_all, batch_size, generator)
-        per_net = _per_network_loss(stacked.forward(x), y, loss)
-        grads = list(torch.autograd.grad(per_net.sum(), params))
-        bad = ~torch.isfinite(per_net.detach())
+        x, y = draw()
+        with torch.no_grad():
+            per_net, grads = stacked._backprop(x, y, loss)
+        if record_grad_norms and (step % eval_every == 0 or step == 1):
+            # float64, as train.train: squares of float32 entries below ~1e-19 would underflow.
+            norms.append(torch.stack([g.double().flatten(1).norm(dim=1) for g in grads[:stacked.depth + 1]], dim=1))
+        bad = ~torch.isfinite(per_net)
         if bool((bad & ~diverged).any()):
             for j in torch.nonzero(bad & ~diverged).flatten().tolist():
                 diverged_at[j] = step
@@ -443,8 +629,30 @@ def train_batched(
     history: dict[str, object] = {"step": steps_seen}
     for key, cols in columns.items():
         history[key] = torch.stack(cols, dim=1).float().cpu()
+    if record_grad_norms:
+        history["grad_norms"] = torch.stack(norms, dim=1).cpu()
     history["diverged_at"] = diverged_at
     return history
+
+
+def histories(history: dict[str, object]) -> list[dict[str, object]]:
+    """Split what :func:`train_batched` returns into K per-network histories shaped like ``train.train``'s.
+
+    Each holds ``step`` and plain lists of floats for ``loss``, ``acc``, ``test_loss``,
+    ``test_acc`` (those recorded); ``grad_norms`` becomes a list with one list of
+    per-layer norms per evaluation (input layer first); ``diverged_at`` is kept.
+    """
+    if not isinstance(history, dict) or "step" not in history or "diverged_at" not in history:
+        raise ValueError("history must be the dict train_batched returns")
+    out = []
+    for k, diverged in enumerate(history["diverged_at"]):
+        one: dict[str, object] = {"step": list(history["step"])}
+        for key in ("loss", "acc", "test_loss", "test_acc", "grad_norms"):
+            if key in history:
+                one[key] = history[key][k].tolist()
+        one["diverged_at"] = diverged
+        out.append(one)
+    return out
 
 
 def build_mlp(*, seed: int, **kwargs: object) -> models.MLP:
