@@ -17,7 +17,8 @@ The loop is the plain reference (``probes.grad_norms``-style autograd per networ
 with ``sweeps.grad_norms_batched`` / ``sweeps.train_batched``. Both run on the CPU with
 torch pinned to one thread (``vg.seed``). The script prints a markdown table of wall
 and CPU times (best of ``--repeats`` interleaved runs), the speed-up and how closely
-the two forms agree.
+the two forms agree, and exits with an error if they disagree beyond float32 rounding
+(``AGREE``) on the gradient norms or on the loss after the first update.
 
     python bench/bench_sweeps.py [--repeats 3] [--quick]
 """
@@ -38,6 +39,9 @@ import vanishing as vg
 from vanishing import data, models, probes, sweeps, train
 
 ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu"]
+#: Largest relative difference between the two forms the script accepts (gradient norms; loss after one
+#: update): float32 rounding of sums taken in another order, with a wide margin. Beyond it the script fails.
+AGREE = 1e-5
 
 
 def gradient_task(depths: tuple[int, ...], seeds: int, probe: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Callable]:
@@ -171,15 +175,20 @@ def main() -> None:
           "| speed-up (CPU) | agreement |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     totals = np.zeros(4)
+    disagree = []
     for name, task in tasks.items():
         (loop, loop_cpu), (stacked, stacked_cpu) = best[name, "loop"], best[name, "batched"]
         totals += (loop, stacked, loop_cpu, stacked_cpu)
         ref, new = results[name, "loop"], results[name, "batched"]
         if ref.ndim == 1:  # gradient norms
-            agree = f"gradient norms: max rel. diff. {rel_diff(ref, new).max():.1e}"
+            worst = rel_diff(ref, new).max()
+            agree = f"gradient norms: max rel. diff. {worst:.1e}"
         else:  # loss curves (networks, evaluations): the first is after one update
-            agree = (f"loss after step 1: max rel. diff. {rel_diff(ref[:, 0], new[:, 0]).max():.1e}; "
+            worst = rel_diff(ref[:, 0], new[:, 0]).max()
+            agree = (f"loss after step 1: max rel. diff. {worst:.1e}; "
                      f"final loss: median {np.median(rel_diff(ref[:, -1], new[:, -1])):.1e}")
+        if not worst <= AGREE:
+            disagree.append(name)
         print(f"| {name} | {task['networks']} | {loop:.2f} | {stacked:.2f} | {loop / stacked:.1f}x | {loop_cpu:.2f} "
               f"| {stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.1f}x | {agree} |")
     loop, stacked, loop_cpu, stacked_cpu = totals
@@ -191,6 +200,9 @@ def main() -> None:
           "or to float32 rounding. Training curves agree to rounding for the first steps; over hundreds of "
           "momentum steps rounding differences grow (the loop's own curves move as much when one weight is "
           "perturbed by one rounding error), so final losses agree only statistically.")
+    if disagree:
+        raise SystemExit(f"the stacked form disagrees with the loop (beyond {AGREE:g} relative) in: "
+                         + ", ".join(disagree))
 
 
 if __name__ == "__main__":

@@ -144,8 +144,8 @@ def gradient_profile(
 
     Where the networks can be stacked (no batch normalization, the loss cross-entropy
     or mean squared error) all seeds are measured in one pass of
-    :mod:`vanishing.sweeps`, which gives the same numbers bit for bit; otherwise one
-    network at a time.
+    :mod:`vanishing.sweeps`, which gives the same numbers (bit for bit on the build
+    machine); otherwise one network at a time.
     """
     if len(seeds) == 0:
         raise ValueError("seeds must hold at least one seed")

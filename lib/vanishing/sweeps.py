@@ -30,8 +30,9 @@ Gradients are computed by hand-written backpropagation through the stack
 (:meth:`StackedMLP._backprop`), not by autograd: each step calls the kernel autograd
 itself would call (``bmm``, ``sigmoid_backward``, ``native_layer_norm_backward``, ...)
 with ``out=`` into buffers the stack keeps between steps. So the numbers are
-autograd's (the book's gradient sweeps agree with the loop to the last bit), without
-a graph to build and without fresh megabyte-sized tensors at every layer of every step.
+autograd's (on the build machine the book's gradient sweeps agree with the loop to
+the last bit), without a graph to build and without fresh megabyte-sized tensors
+at every layer of every step.
 
 What stacking buys depends on how much of the loop is overhead, which
 ``bench/bench_sweeps.py`` measures on the book's own sweeps (one CPU thread): about
