@@ -78,7 +78,7 @@ THRESHOLDS: dict[str, float] = {
     "underflow_share": 0.01,
 }
 
-# What explains each symptom and what to try, best first. ``{rec}`` entries apply to recurrent models.
+# The chapter that explains each symptom.
 _CHAPTERS = {
     "vanishing": "05_activations",
     "exploding": "04_loss_wall",
@@ -88,57 +88,61 @@ _CHAPTERS = {
     "nonfinite": "12_hardware",
 }
 
+_NORMALIZE = ("normalize pre-activations (batch or layer norm)", "07_normalization")
+_RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations")
+
+# What to try for each symptom, best first: (what to do, chapter). "vanishing in time" is a recurrent
+# model's gradient fading across time steps; _fixes adds the entries that depend on the model.
+_FIXES: dict[str, list[tuple[str, str]]] = {
+    "vanishing in time": [
+        ("use a gated cell (LSTM/GRU) with a positive forget-gate bias", "09_lstm"),
+        ("initialize the recurrent matrix orthogonally (spectral radius near 1)", "03_dynamical_system"),
+        ("shorten the lag the gradient must cross, or give it a direct path (attention)", "02_recurrent_model"),
+    ],
+    "vanishing": [
+        ("add residual connections around the blocks", "08_residual"),
+        ("initialize for the activation (He for rectifiers, Xavier for tanh)", "06_initialization"),
+        _NORMALIZE,
+    ],
+    "exploding": [
+        ("clip the gradient norm", "04_loss_wall"),
+        ("lower the learning rate", "04_loss_wall"),
+        ("shrink the initial weights to variance-preserving scale", "06_initialization"),
+        _NORMALIZE,
+    ],
+    "saturation": [
+        _NORMALIZE,
+        ("shrink the initial weights (Xavier scale)", "06_initialization"),
+        _RECTIFIER,
+    ],
+    "dead": [
+        ("use a leaky rectifier (LeakyReLU, GELU)", "05_activations"),
+        ("lower the learning rate (a large step kills units)", "04_loss_wall"),
+        ("He initialization with zero biases", "06_initialization"),
+        ("normalize pre-activations (batch norm centres every unit)", "07_normalization"),
+    ],
+    "underflow": [
+        ("scale the loss (dynamic loss scaling) before backward", "12_hardware"),
+        ("train in bfloat16 (float32's exponent range) instead of float16", "12_hardware"),
+        ("keep float32 master weights (mixed precision)", "12_hardware"),
+    ],
+    "nonfinite": [
+        ("find the first layer with non-finite values; lower the learning rate or clip", "04_loss_wall"),
+        ("compute the loss and its softmax in float32; lower the loss scale", "12_hardware"),
+    ],
+}
+
 
 def _fixes(symptom: str, *, recurrent: bool, saturating: bool, in_time: bool) -> list[tuple[str, str]]:
     """Fixes for ``symptom``, ranked for the kind of model measured: (what to do, chapter)."""
-    if symptom == "vanishing":
-        if in_time:
-            return [
-                ("use a gated cell (LSTM/GRU) with a positive forget-gate bias", "09_lstm"),
-                ("initialize the recurrent matrix orthogonally (spectral radius near 1)", "03_dynamical_system"),
-                ("shorten the lag the gradient must cross, or give it a direct path (attention)", "02_recurrent_model"),
-            ]
-        fixes = [
-            ("add residual connections around the blocks", "08_residual"),
-            ("initialize for the activation (He for rectifiers, Xavier for tanh)", "06_initialization"),
-            ("normalize pre-activations (batch or layer norm)", "07_normalization"),
-        ]
-        if saturating:
-            fixes.insert(0, ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations"))
-        return fixes
-    if symptom == "exploding":
-        fixes = [
-            ("clip the gradient norm", "04_loss_wall"),
-            ("lower the learning rate", "04_loss_wall"),
-            ("shrink the initial weights to variance-preserving scale", "06_initialization"),
-            ("normalize pre-activations (batch or layer norm)", "07_normalization"),
-        ]
-        if recurrent:
-            fixes.insert(2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system"))
-        return fixes
-    if symptom == "saturation":
-        return [
-            ("normalize pre-activations (batch or layer norm)", "07_normalization"),
-            ("shrink the initial weights (Xavier scale)", "06_initialization"),
-            ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations"),
-        ]
-    if symptom == "dead":
-        return [
-            ("use a leaky rectifier (LeakyReLU, GELU)", "05_activations"),
-            ("lower the learning rate (a large step kills units)", "04_loss_wall"),
-            ("He initialization with zero biases", "06_initialization"),
-            ("normalize pre-activations (batch norm centres every unit)", "07_normalization"),
-        ]
-    if symptom == "underflow":
-        return [
-            ("scale the loss (dynamic loss scaling) before backward", "12_hardware"),
-            ("train in bfloat16 (float32's exponent range) instead of float16", "12_hardware"),
-            ("keep float32 master weights (mixed precision)", "12_hardware"),
-        ]
-    return [
-        ("find the first layer with non-finite values; lower the learning rate or clip", "04_loss_wall"),
-        ("compute the loss and its softmax in float32; lower the loss scale", "12_hardware"),
-    ]
+    if symptom == "vanishing" and in_time:
+        return list(_FIXES["vanishing in time"])
+    fixes = list(_FIXES[symptom])
+    if symptom == "vanishing" and saturating:
+        fixes.insert(0, _RECTIFIER)
+    if symptom == "exploding" and recurrent:
+        fixes.insert(2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system"))
+    return fixes
 
 
 @dataclass
