@@ -106,13 +106,8 @@ def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test
 
     def build(depth: int, residual: bool, seed: int) -> models.MLP:
         torch.manual_seed(seed)
-        net = models.mlp(in_features=64, out_features=10, depth=depth, width=32, activation="relu", init="he",
-                         residual=residual)
-        if residual:
-            with torch.no_grad():
-                for block in net.blocks[1:]:
-                    block.linear.weight.mul_(1 / math.sqrt(depth))
-        return net
+        return models.mlp(in_features=64, out_features=10, depth=depth, width=32, activation="relu", init="he",
+                          residual=residual, branch_scale=1 / math.sqrt(depth) if residual else None)
 
     grid = [(r, d) for r in (False, True) for d in depths]
 

@@ -113,12 +113,30 @@ def test_inits_have_their_variance():
         (dict(init="zeros"), "init='zeros' is unknown"),
         (dict(norm="group"), "norm='group' is unknown"),
         (dict(residual=1), "residual must be True or False"),
+        (dict(branch_scale=0.5), "branch_scale .* needs residual=True"),
+        (dict(residual=True, branch_scale=-1.0), "branch_scale must be a finite number >= 0"),
+        (dict(residual=True, branch_scale=float("inf")), "branch_scale must be a finite number >= 0"),
+        (dict(residual=True, branch_scale="1"), "branch_scale"),
     ],
 )
 def test_mlp_errors(kwargs, match):
     args = dict(in_features=3, out_features=2, depth=2, width=4) | kwargs
     with pytest.raises(ValueError, match=match):
         models.mlp(**args)
+
+
+def test_mlp_branch_scale_multiplies_only_the_residual_branches():
+    kw = dict(in_features=3, out_features=2, depth=4, width=5, activation="relu", init="he", residual=True)
+    torch.manual_seed(0)
+    plain = models.mlp(**kw)
+    torch.manual_seed(0)
+    scaled = models.mlp(branch_scale=0.25, **kw)
+    # Block 0 changes the width (no skip) and the read-out is no branch: both untouched.
+    assert torch.equal(scaled.blocks[0].linear.weight, plain.blocks[0].linear.weight)
+    assert torch.equal(scaled.head.weight, plain.head.weight)
+    for a, b in zip(scaled.blocks[1:], plain.blocks[1:], strict=True):
+        assert torch.equal(a.linear.weight, b.linear.weight * 0.25)
+        assert torch.equal(a.linear.bias, b.linear.bias)
 
 
 def test_mlp_rejects_wrong_input_shape():

@@ -155,6 +155,7 @@ def mlp(
     init: str | Callable[[torch.Tensor], None] = "default",
     norm: str | None = None,
     residual: bool = False,
+    branch_scale: float | None = None,
 ) -> MLP:
     """Build a multi-layer perceptron with ``depth`` hidden layers of ``width`` units.
 
@@ -162,6 +163,9 @@ def mlp(
     (or a callable filling a weight tensor), ``norm`` one of :data:`NORMS`.
     ``residual=True`` adds a skip connection around every hidden block after the
     first (the first changes the width, so it cannot be an identity).
+    ``branch_scale`` (residual networks only) multiplies the initial weights of every
+    residual branch, e.g. ``1 / sqrt(depth)`` so that the sum of ``depth`` branches
+    keeps the signal's variance bounded (08_residual).
     The read-out layer gets the same initialization with a linear gain.
     """
     _positive_int("in_features", in_features)
@@ -176,6 +180,13 @@ def mlp(
         raise ValueError(f"norm={norm!r} is unknown; allowed: None, 'batch', 'layer'")
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")
+    if branch_scale is not None:
+        if not residual:
+            raise ValueError("branch_scale scales residual branches: it needs residual=True")
+        if isinstance(branch_scale, bool) or not isinstance(branch_scale, (int, float)) or not (
+            0 <= branch_scale < math.inf
+        ):
+            raise ValueError(f"branch_scale must be a finite number >= 0 or None, got {branch_scale!r}")
     blocks = [
         Block(in_features if i == 0 else width, width, activation, norm, residual and i > 0)
         for i in range(depth)
@@ -184,4 +195,9 @@ def mlp(
     for b in blocks:
         init_weights(b.linear, init, activation)
     init_weights(head, init, "linear")
+    if branch_scale is not None:
+        with torch.no_grad():
+            for b in blocks:
+                if b.residual:
+                    b.linear.weight.mul_(branch_scale)
     return MLP(blocks, head)
