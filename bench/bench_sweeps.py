@@ -97,7 +97,8 @@ def training_05(depths: tuple[int, ...], steps: int, train_set, test_set) -> dic
             out.append(hist["loss"].numpy())
         return np.concatenate(out)
 
-    return {"loop": loop, "batched": batched, "networks": len(depths) * len(ACTS)}
+    return {"loop": loop, "batched": batched, "networks": len(depths) * len(ACTS),
+            **evaluation_only([nets(d) for d in depths], steps, kw["eval_every"], (train_set, test_set))}
 
 
 def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test_set) -> dict[str, Callable]:
@@ -125,7 +126,39 @@ def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test
             out.append(hist["loss"].numpy())
         return np.concatenate(out)
 
-    return {"loop": loop, "batched": batched, "networks": len(grid) * seeds}
+    return {"loop": loop, "batched": batched, "networks": len(grid) * seeds,
+            **evaluation_only([[build(d, r, s) for s in range(seeds)] for r, d in grid], steps, kw["eval_every"], (train_set, test_set))}
+
+
+def evaluation_only(groups: list[list[models.MLP]], steps: int, eval_every: int,
+                    sets: tuple) -> dict[str, Callable]:
+    """The evaluations a training sweep makes (both data sets, at step 1 and every ``eval_every``), alone.
+
+    Both forms evaluate with large matrix products that are already efficient one network at a
+    time, so this part takes about as long in either: it bounds the speed-up of the whole sweep.
+    ``groups`` holds the sweep's networks as they are stacked; they are built before the clock starts.
+    """
+    times = 1 + steps // eval_every
+
+    def loop() -> None:
+        with torch.no_grad():
+            for group in groups:
+                for net in group:
+                    for _ in range(times):
+                        for x, y in sets:
+                            out = net(x)
+                            float(F.cross_entropy(out, y)), train.accuracy(out, y)
+
+    def batched() -> None:
+        for group in groups:
+            stacked = sweeps.stack_mlps(group)
+            with torch.no_grad():
+                for _ in range(times):
+                    for x, y in sets:
+                        losses, hits = sweeps._evaluate(stacked, x, y, "cross_entropy")
+                        losses.tolist(), hits.tolist()
+
+    return {"eval loop": loop, "eval batched": batched}
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -157,7 +190,9 @@ def main() -> None:
     results: dict[tuple[str, str], np.ndarray] = {}
     for _ in range(args.repeats):
         for name, task in tasks.items():
-            for method in ("loop", "batched"):
+            for method in ("loop", "batched", "eval loop", "eval batched"):
+                if method not in task:
+                    continue
                 start, start_cpu = time.perf_counter(), time.process_time()
                 results[name, method] = task[method]()
                 elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
@@ -189,6 +224,18 @@ def main() -> None:
     loop, stacked, loop_cpu, stacked_cpu = totals
     print(f"| **all three** | | {loop:.2f} | {stacked:.2f} | {loop / stacked:.1f}x | {loop_cpu:.2f} | "
           f"{stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.1f}x | |")
+    print("\nThe training sweeps' evaluations alone (the loss and accuracy on the training and test sets at "
+          "step 1 and every 20 steps, as the sweep makes them; wall time, best of the repeats):\n")
+    print("| sweep | evaluation, loop (s) | evaluation, stacked (s) | share of the stacked sweep "
+          "| speed-up without evaluation |")
+    print("|---|---:|---:|---:|---:|")
+    for name, task in tasks.items():
+        if "eval loop" not in task:
+            continue
+        (loop, _), (stacked, _) = best[name, "loop"], best[name, "batched"]
+        ev_loop, ev_stacked = best[name, "eval loop"][0], best[name, "eval batched"][0]
+        print(f"| {name} | {ev_loop:.2f} | {ev_stacked:.2f} | {ev_stacked / stacked:.0%} "
+              f"| {(loop - ev_loop) / (stacked - ev_stacked):.1f}x |")
     print("\nTimes: best of the repeats, building the networks included in both forms. CPU time is this "
           "process's, the fairer figure on a busy machine.")
     print("Agreement: the stacked form runs the kernels autograd runs, so gradient norms agree to the last bit "

@@ -15,6 +15,11 @@ def test_bench_sweeps_quick_runs_and_the_forms_agree():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_sweeps.py"), "--quick", "--repeats", "1"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| 0")]
+    comparison, evaluation = done.stdout.split("evaluations alone")
+    rows = [line for line in comparison.splitlines() if line.startswith("| 0")]
     assert [r.split("|")[1].strip() for r in rows] == ["05 gradient profiles", "05 training", "08 training"]
     assert all("max rel. diff." in r for r in rows)
+    # The training sweeps' evaluations, timed alone in both forms: a share and a speed-up without them.
+    rows = [line for line in evaluation.splitlines() if line.startswith("| 0")]
+    assert [r.split("|")[1].strip() for r in rows] == ["05 training", "08 training"]
+    assert all(r.rstrip(" |").endswith("x") and "%" in r for r in rows)
