@@ -98,7 +98,7 @@ def training_05(depths: tuple[int, ...], steps: int, train_set, test_set) -> dic
         return np.concatenate(out)
 
     return {"loop": loop, "batched": batched, "networks": len(depths) * len(ACTS),
-            **evaluation_only([nets(d) for d in depths], steps, kw["eval_every"], (train_set, test_set))}
+            **speed_limits([nets(d) for d in depths], steps, kw["batch_size"], kw["eval_every"], (train_set, test_set))}
 
 
 def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test_set) -> dict[str, Callable]:
@@ -127,15 +127,16 @@ def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test
         return np.concatenate(out)
 
     return {"loop": loop, "batched": batched, "networks": len(grid) * seeds,
-            **evaluation_only([[build(d, r, s) for s in range(seeds)] for r, d in grid], steps, kw["eval_every"], (train_set, test_set))}
+            **speed_limits([[build(d, r, s) for s in range(seeds)] for r, d in grid], steps, kw["batch_size"],
+                           kw["eval_every"], (train_set, test_set))}
 
 
-def evaluation_only(groups: list[list[models.MLP]], steps: int, eval_every: int,
+def speed_limits(groups: list[list[models.MLP]], steps: int, batch: int, eval_every: int,
                     sets: tuple) -> dict[str, Callable]:
-    """The evaluations a training sweep makes (both data sets, at step 1 and every ``eval_every``), alone.
+    """What bounds a training sweep's speed-up: its evaluations alone, and its kernels alone (:func:`kernel_floor`).
 
-    Both forms evaluate with large matrix products that are already efficient one network at a
-    time, so this part takes about as long in either: it bounds the speed-up of the whole sweep.
+    The evaluations (both data sets, at step 1 and every ``eval_every``) use large matrix products that
+    are already efficient one network at a time, so they take about as long in either form.
     ``groups`` holds the sweep's networks as they are stacked; they are built before the clock starts.
     """
     times = 1 + steps // eval_every
@@ -158,7 +159,50 @@ def evaluation_only(groups: list[list[models.MLP]], steps: int, eval_every: int,
                         losses, hits = sweeps._evaluate(stacked, x, y, "cross_entropy")
                         losses.tolist(), hits.tolist()
 
-    return {"eval loop": loop, "eval batched": batched}
+    return {"eval loop": loop, "eval batched": batched, "kernels": lambda: kernel_floor(groups, steps, batch)}
+
+
+def kernel_floor(groups: list[list[models.MLP]], steps: int, batch: int) -> float:
+    """Seconds that a training sweep's unavoidable kernels take, timed one by one: a lower bound for any form.
+
+    Per step and hidden layer: the forward matrix product, the activation's forward and backward, and the two
+    backward matrix products (weight gradient, input gradient); the read-out's three. Matrix products are timed
+    stacked (``bmm`` over the K networks, the cheaper way to run them); activation kernels on each network's
+    slice, since a stack of different activations runs them per network in either form. Everything else (loss,
+    optimizer, bookkeeping) is left out, so the sweep cannot be faster than this.
+    """
+    def seconds(fn: Callable[[], object]) -> float:
+        for _ in range(20):
+            fn()
+        best = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(50):
+                fn()
+            best = min(best, (time.perf_counter() - start) / 50)
+        return best
+
+    total = 0.0
+    for group in groups:
+        stacked = sweeps.stack_mlps(group)
+        k = stacked.size
+        with torch.no_grad():
+            for i, w in enumerate(stacked.weights):
+                fan_out, fan_in = w.shape[1], w.shape[2]
+                h, g = torch.randn(k, batch, fan_in), torch.randn(k, batch, fan_out)
+                z, out, g_out = torch.randn(k, batch, fan_out), torch.empty(k, batch, fan_out), torch.empty(k, batch, fan_out)
+                wt = w.detach().transpose(1, 2)
+                per_step = seconds(lambda h=h, wt=wt, z=z: torch.bmm(h, wt, out=z))  # forward
+                per_step += seconds(lambda g=g, h=h: torch.bmm(g.transpose(1, 2), h))  # weight gradient
+                if i > 0:
+                    per_step += seconds(lambda g=g, w=w: torch.bmm(g, w.detach()))  # input gradient
+                if i < stacked.depth:
+                    for (forward, backward), (start, stop, _) in zip(stacked._kernels(), stacked.groups, strict=True):
+                        zs, outs, gs, g_outs = z[start:stop], out[start:stop], g[start:stop], g_out[start:stop]
+                        per_step += seconds(lambda f=forward, zs=zs, outs=outs: f(zs, outs))
+                        per_step += seconds(lambda b=backward, gs=gs, zs=zs, outs=outs, g_outs=g_outs: b(gs, zs, outs, g_outs))
+                total += steps * per_step
+    return total
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -236,6 +280,19 @@ def main() -> None:
         ev_loop, ev_stacked = best[name, "eval loop"][0], best[name, "eval batched"][0]
         print(f"| {name} | {ev_loop:.2f} | {ev_stacked:.2f} | {ev_stacked / stacked:.0%} "
               f"| {(loop - ev_loop) / (stacked - ev_stacked):.1f}x |")
+    print("\nThe training sweeps' kernels alone (kernel_floor: the matrix products and activation kernels "
+          "of every step, each timed on its own, the cheaper way; loss, optimizer and bookkeeping left out). "
+          "No form of the sweep can beat kernels + evaluation:\n")
+    print("| sweep | kernels alone (s) | stacked evaluation (s) | loop (s) | largest possible speed-up "
+          "| reached |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, task in tasks.items():
+        if "kernels" not in task:
+            continue
+        floor = task["kernels"]()
+        loop, stacked, ev_stacked = best[name, "loop"][0], best[name, "batched"][0], best[name, "eval batched"][0]
+        print(f"| {name} | {floor:.2f} | {ev_stacked:.2f} | {loop:.2f} | {loop / (floor + ev_stacked):.1f}x "
+              f"| {loop / stacked:.1f}x |")
     print("\nTimes: best of the repeats, building the networks included in both forms. CPU time is this "
           "process's, the fairer figure on a busy machine.")
     print("Agreement: the stacked form runs the kernels autograd runs, so gradient norms agree to the last bit "

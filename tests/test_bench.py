@@ -15,7 +15,8 @@ def test_bench_sweeps_quick_runs_and_the_forms_agree():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_sweeps.py"), "--quick", "--repeats", "1"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    comparison, evaluation = done.stdout.split("evaluations alone")
+    comparison, rest = done.stdout.split("evaluations alone")
+    evaluation, kernels = rest.split("kernels alone")
     rows = [line for line in comparison.splitlines() if line.startswith("| 0")]
     assert [r.split("|")[1].strip() for r in rows] == ["05 gradient profiles", "05 training", "08 training"]
     assert all("max rel. diff." in r for r in rows)
@@ -23,3 +24,7 @@ def test_bench_sweeps_quick_runs_and_the_forms_agree():
     rows = [line for line in evaluation.splitlines() if line.startswith("| 0")]
     assert [r.split("|")[1].strip() for r in rows] == ["05 training", "08 training"]
     assert all(r.rstrip(" |").endswith("x") and "%" in r for r in rows)
+    # Their kernels alone, timed one by one: a lower bound, so the largest possible speed-up is a finite number.
+    rows = [line for line in kernels.splitlines() if line.startswith("| 0")]
+    assert [r.split("|")[1].strip() for r in rows] == ["05 training", "08 training"]
+    assert all(float(r.split("|")[2]) > 0 for r in rows)
