@@ -15,8 +15,8 @@ def test_bench_sweeps_quick_runs_and_the_forms_agree():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_sweeps.py"), "--quick", "--repeats", "1"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    comparison, rest = done.stdout.split("evaluations alone")
-    evaluation, kernels = rest.split("kernels alone")
+    comparison, rest = done.stdout.split("The training sweeps' evaluations alone", 1)
+    evaluation, kernels = rest.split("The training sweeps' kernels alone", 1)
     rows = [line for line in comparison.splitlines() if line.startswith("| 0")]
     assert [r.split("|")[1].strip() for r in rows] == ["05 gradient profiles", "05 training", "08 training"]
     assert all("max rel. diff." in r for r in rows)

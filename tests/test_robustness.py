@@ -46,15 +46,20 @@ def _sizes(path: Path, scale: str, cwd: Path) -> str:
         "print(sorted(SIZES) if 'SIZES' in globals() else 'no SIZES', vg.scale(), DEVICE if 'DEVICE' in globals() else '')"
     )
     nb.cells = [first, probe]
+    _execute(nb, scale, cwd, timeout=300)
+    return "".join(o.get("text", "") for o in nb.cells[1].outputs)
+
+
+def _execute(nb: nbformat.NotebookNode, scale: str, cwd: Path, timeout: int) -> None:
+    """Execute ``nb`` in place in a fresh kernel under VANISHING_SCALE=scale, from working directory ``cwd``."""
     saved = dict(os.environ)
     os.environ["VANISHING_SCALE"] = scale
     os.environ.pop("MPLBACKEND", None)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return "".join(o.get("text", "") for o in nb.cells[1].outputs)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -112,14 +117,7 @@ def test_full_mode_runs_on_cpu_at_tiny_size(name, tmp_path):
     nb = nbformat.read(path, as_version=4)
     setup = next(c for c in nb.cells if c.cell_type == "code")
     setup.source = setup.source.replace("}[vg.scale()]", "}[vg.scale()]\nSIZES = {**SIZES, **" + repr(override) + "}", 1)
-    saved = dict(os.environ)
-    os.environ["VANISHING_SCALE"] = "full"
-    os.environ.pop("MPLBACKEND", None)
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    _execute(nb, "full", tmp_path, timeout=600)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     for key in STRUCTURAL[name]:
         for value in set(full[key]) - set(small[key]):
