@@ -18,7 +18,9 @@ with ``sweeps.grad_norms_batched`` / ``sweeps.train_batched``. Both run on the C
 torch pinned to one thread (``vg.seed``). The script prints a markdown table of wall
 and CPU times (best of ``--repeats`` interleaved runs), the speed-up and how closely
 the two forms agree, and exits with an error if they disagree beyond float32 rounding
-(``AGREE``) on the gradient norms or on the loss after the first update.
+(``AGREE``) on the gradient norms or on the loss after the first update. A second
+table shows what bounds the training sweeps' speed-up (``speed_limits``): their
+evaluations timed alone in both forms, and their kernels timed alone (``kernel_floor``).
 
     python bench/bench_sweeps.py [--repeats 3] [--quick]
 """
@@ -132,7 +134,7 @@ def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test
 
 
 def speed_limits(groups: list[list[models.MLP]], steps: int, batch: int, eval_every: int,
-                    sets: tuple) -> dict[str, Callable]:
+                 sets: tuple) -> dict[str, Callable]:
     """What bounds a training sweep's speed-up: its evaluations alone, and its kernels alone (:func:`kernel_floor`).
 
     The evaluations (both data sets, at step 1 and every ``eval_every``) use large matrix products that
@@ -268,31 +270,22 @@ def main() -> None:
     loop, stacked, loop_cpu, stacked_cpu = totals
     print(f"| **all three** | | {loop:.2f} | {stacked:.2f} | {loop / stacked:.1f}x | {loop_cpu:.2f} | "
           f"{stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.1f}x | |")
-    print("\nThe training sweeps' evaluations alone (the loss and accuracy on the training and test sets at "
-          "step 1 and every 20 steps, as the sweep makes them; wall time, best of the repeats):\n")
+    print("\nWhat bounds the training sweeps' speed-up. Their evaluations alone (loss and accuracy on the training "
+          "and test sets, as the sweep makes them), in both forms; their kernels alone (kernel_floor: the matrix "
+          "products and activation kernels of every step, each timed on its own, the cheaper way). No form of a "
+          "sweep can beat kernels + evaluation, which gives the largest possible speed-up:\n")
     print("| sweep | evaluation, loop (s) | evaluation, stacked (s) | share of the stacked sweep "
-          "| speed-up without evaluation |")
-    print("|---|---:|---:|---:|---:|")
-    for name, task in tasks.items():
-        if "eval loop" not in task:
-            continue
-        (loop, _), (stacked, _) = best[name, "loop"], best[name, "batched"]
-        ev_loop, ev_stacked = best[name, "eval loop"][0], best[name, "eval batched"][0]
-        print(f"| {name} | {ev_loop:.2f} | {ev_stacked:.2f} | {ev_stacked / stacked:.0%} "
-              f"| {(loop - ev_loop) / (stacked - ev_stacked):.1f}x |")
-    print("\nThe training sweeps' kernels alone (kernel_floor: the matrix products and activation kernels "
-          "of every step, each timed on its own, the cheaper way; loss, optimizer and bookkeeping left out). "
-          "No form of the sweep can beat kernels + evaluation:\n")
-    print("| sweep | kernels alone (s) | stacked evaluation (s) | loop (s) | largest possible speed-up "
-          "| reached |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| speed-up without evaluation | kernels alone (s) | largest possible speed-up | reached |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, task in tasks.items():
         if "kernels" not in task:
             continue
+        loop, stacked = best[name, "loop"][0], best[name, "batched"][0]
+        ev_loop, ev_stacked = best[name, "eval loop"][0], best[name, "eval batched"][0]
         floor = task["kernels"]()
-        loop, stacked, ev_stacked = best[name, "loop"][0], best[name, "batched"][0], best[name, "eval batched"][0]
-        print(f"| {name} | {floor:.2f} | {ev_stacked:.2f} | {loop:.2f} | {loop / (floor + ev_stacked):.1f}x "
-              f"| {loop / stacked:.1f}x |")
+        print(f"| {name} | {ev_loop:.2f} | {ev_stacked:.2f} | {ev_stacked / stacked:.0%} "
+              f"| {(loop - ev_loop) / (stacked - ev_stacked):.1f}x | {floor:.2f} "
+              f"| {loop / (floor + ev_stacked):.1f}x | {loop / stacked:.1f}x |")
     print("\nTimes: best of the repeats, building the networks included in both forms. CPU time is this "
           "process's, the fairer figure on a busy machine.")
     print("Agreement: the stacked form runs the kernels autograd runs, so gradient norms agree to the last bit "

@@ -15,16 +15,14 @@ def test_bench_sweeps_quick_runs_and_the_forms_agree():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_sweeps.py"), "--quick", "--repeats", "1"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    comparison, rest = done.stdout.split("The training sweeps' evaluations alone", 1)
-    evaluation, kernels = rest.split("The training sweeps' kernels alone", 1)
+    comparison, bounds = done.stdout.split("What bounds the training sweeps' speed-up", 1)
     rows = [line for line in comparison.splitlines() if line.startswith("| 0")]
     assert [r.split("|")[1].strip() for r in rows] == ["05 gradient profiles", "05 training", "08 training"]
     assert all("max rel. diff." in r for r in rows)
-    # The training sweeps' evaluations, timed alone in both forms: a share and a speed-up without them.
-    rows = [line for line in evaluation.splitlines() if line.startswith("| 0")]
-    assert [r.split("|")[1].strip() for r in rows] == ["05 training", "08 training"]
-    assert all(r.rstrip(" |").endswith("x") and "%" in r for r in rows)
-    # Their kernels alone, timed one by one: a lower bound, so the largest possible speed-up is a finite number.
-    rows = [line for line in kernels.splitlines() if line.startswith("| 0")]
-    assert [r.split("|")[1].strip() for r in rows] == ["05 training", "08 training"]
-    assert all(float(r.split("|")[2]) > 0 for r in rows)
+    # The training sweeps' evaluations and kernels, each timed alone: a share of the sweep, a speed-up without
+    # evaluation, a positive kernel time (a lower bound) and so a finite largest possible speed-up.
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in bounds.splitlines() if line.startswith("| 0")]
+    assert [r[0] for r in rows] == ["05 training", "08 training"]
+    for r in rows:
+        assert r[3].endswith("%") and r[4].endswith("x") and float(r[5]) > 0
+        assert float(r[6].rstrip("x")) > 0 and r[7].endswith("x")
