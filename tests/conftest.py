@@ -3,7 +3,9 @@
 Strict mode re-executes every chapter and compares every output. Only what is
 inherently unstable is skipped: SVG (embeds dates and random ids) and stderr
 (library warnings differ between installs). PNG is skipped by nbval itself.
-Addresses and similar noise are rewritten by tests/sanitize.cfg.
+Addresses and similar noise are rewritten by tests/sanitize.cfg. Every kernel
+runs the book's pinned CPU kernels (vanishing.kernels); CI runs the chapters a
+second time as another CPU would (``python tools/kernels.py another-cpu ...``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import os
 
 import pytest
 
+from vanishing import kernels
+
 # An inherited Agg backend makes plt.show() emit nothing, so figures would vanish
 # from the re-executed notebooks; kernels inherit this process's environment.
 os.environ.pop("MPLBACKEND", None)
+# The chapters' kernels run the book's CPU kernel set (importing vanishing pinned it
+# for this process; a set chosen from outside, as by tools/kernels.py, is kept).
+kernels.pin()
 
 
 def pytest_collectstart(collector):

@@ -3,7 +3,8 @@
     python tools/execute.py chapters/05_activations.ipynb [more.ipynb ...]
 
 Runs each notebook in a fresh kernel from its own folder, without recording
-per-cell timestamps (they would change on every run), joins printed text that
+per-cell timestamps (they would change on every run), under the book's pinned
+CPU kernels (``vanishing.kernels``; ``tools/kernels.py`` runs it under another set), joins printed text that
 the kernel happened to send in several chunks, and stops at the first error,
 showing the failing cell. Store the result: outputs are the contract
 that strict nbval re-checks.
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from vanishing import kernels
 
 
 def merge_streams(outputs: list) -> list:
@@ -33,6 +36,7 @@ def merge_streams(outputs: list) -> list:
 def execute(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     os.environ.pop("MPLBACKEND", None)
+    kernels.pin()  # the kernel inherits the book's CPU kernel set
     client = NotebookClient(
         nb, timeout=900, kernel_name="python3", record_timing=False,
         resources={"metadata": {"path": str(path.parent.resolve())}},

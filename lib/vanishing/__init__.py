@@ -7,6 +7,8 @@ A notebook needs only three entry points from here:
 * :func:`scale` says how big the experiments are (``"small"`` for a laptop or
   Binder, ``"full"`` for paper-sized runs on a GPU).
 
+Importing the package first pins the CPU kernels NumPy and torch use
+(:mod:`vanishing.kernels`), so that printed numbers agree on every x86 CPU.
 The machinery lives in submodules, one idea each: :mod:`vanishing.models`
 (builders), :mod:`vanishing.probes` (measuring gradient flow),
 :mod:`vanishing.train` (a small training loop), :mod:`vanishing.data` (tasks),
@@ -26,15 +28,22 @@ compression), :mod:`vanishing.search` (gradient-free search) and
 
 from __future__ import annotations
 
-import os
-import random
+# First, before NumPy or torch choose their CPU kernels: the book's kernel set
+# (see vanishing.kernels), so that printed numbers agree on every x86 CPU.
+from . import kernels
 
-import numpy as np
-import torch
+kernels.pin()
 
-from . import checkup  # the book's diagnosis tool, reachable as vg.checkup.checkup
+import os  # noqa: E402
+import random  # noqa: E402
+import warnings  # noqa: E402
 
-__all__ = ["checkup", "seed", "device", "scale", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV"]
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from . import checkup  # noqa: E402  # the book's diagnosis tool, reachable as vg.checkup.checkup
+
+__all__ = ["checkup", "kernels", "seed", "device", "scale", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV"]
 __version__ = "0.1.0"
 
 #: Environment variable that forces a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
@@ -60,6 +69,10 @@ def seed(value: int = 0) -> None:
     if not threads.isdigit() or int(threads) < 1:
         raise ValueError(f"{THREADS_ENV} must be a positive integer, got {threads!r}")
     torch.set_num_threads(int(threads))
+    problem = kernels.check()
+    if problem is not None:
+        warnings.warn(f"{problem}; numbers may differ from the book's stored outputs "
+                      "(import vanishing first, in a fresh kernel)", RuntimeWarning, stacklevel=2)
     # cuBLAS needs this set before its first call to be deterministic.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(value)

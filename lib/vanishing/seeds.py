@@ -1,0 +1,65 @@
+"""Reporting a result over seeds: a median and a spread, at the resolution the experiment supports.
+
+One training run is one draw: its last digits (and sometimes its outcome) move
+with the seed and with the last bit of a kernel. What survives a rerun is the
+distribution over seeds, so the book prints results as
+
+    0.85 (0.80-0.90, 5 seeds)        median (lowest-highest, number of seeds)
+
+with :func:`spread`, and outcomes against a stated threshold ("learns in 4 of
+5 seeds") with :func:`count`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["Spread", "spread", "count"]
+
+
+def _values(values: Iterable[float], name: str) -> list[float]:
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: values must be numbers, got {values!r}") from error
+    if not out:
+        raise ValueError(f"{name}: values must hold at least one result, got none")
+    if any(math.isnan(v) for v in out):
+        raise ValueError(f"{name}: values must not be NaN (a diverged run is a result: record it as inf)")
+    return out
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median, lowest and highest of a result over ``n`` seeds."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    def format(self, fmt: str = ".2g") -> str:
+        """``"median (low-high, n seeds)"`` with each number in format ``fmt`` (e.g. ``".2f"``, ``".1e"``)."""
+        m, lo, hi = (format(v, fmt) for v in (self.median, self.low, self.high))
+        return f"{m} ({lo}-{hi}, {self.n} seeds)"
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def spread(values: Iterable[float]) -> Spread:
+    """Median and range of one result over seeds (a non-finite run, e.g. ``inf`` for a divergence, counts)."""
+    out = sorted(_values(values, "spread"))
+    n = len(out)
+    median = out[n // 2] if n % 2 else (out[n // 2 - 1] + out[n // 2]) / 2
+    return Spread(median=median, low=out[0], high=out[-1], n=n)
+
+
+def count(values: Iterable[float], threshold: float, *, above: bool = True) -> int:
+    """How many seeds reach ``threshold`` (``>=`` it, or ``<=`` it with ``above=False``)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise ValueError(f"count: threshold must be a number, got {threshold!r}")
+    out = _values(values, "count")
+    return sum(v >= threshold for v in out) if above else sum(v <= threshold for v in out)
