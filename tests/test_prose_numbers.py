@@ -82,6 +82,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("11_beyond_gradient", "3.45e-02"): "printed by ex-beyond-scale's solution code (a markdown block, not a cell); re-run 2026-11-22",
     ("12_hardware", "0.000000003"): "the source text's wrong value of 0.25**19, quoted to correct it",
     ("13_checkup", "0.000000003"): "the source text's wrong value of 0.25**19, quoted to correct it",
+    ("13_checkup", "1.5"): "the second bias ex-checkup-dead's solution tries (a markdown block, not a cell); re-run 2026-12-01",
     ("13_checkup", "0.643"): "printed by ex-checkup-homogeneity's solution code (a markdown block, not a cell); re-run 2026-11-22",
     ("13_checkup", "0.708"): "printed by ex-checkup-homogeneity's solution code (a markdown block, not a cell); re-run 2026-11-22",
     ("13_checkup", "0.814"): "printed by ex-checkup-homogeneity's solution code (a markdown block, not a cell); re-run 2026-11-22",
