@@ -123,7 +123,6 @@ DERIVED: dict[tuple[str, str], tuple[str, str]] = {
     ("09_lstm", "0.13"): ("0.98**100", "worked in the solution"),
     ("09_lstm", "1.7 \\times 10^{-9}"): ("0.98**1000", "worked in the solution"),
     ("09_lstm", "0.99931"): ("0.5 ** (1 / 1000)", "worked in the solution"),
-    ("10_hierarchies", "0.17"): ("19.59 - 19.42", "difference of the two printed log-likelihoods"),
     ("11_beyond_gradient", "2.303"): ("log(10)", "loss of a uniform guess among ten classes"),
     ("11_beyond_gradient", "7.8"): ("1000 * 5 / 639", "1000 p for the printed share p = 5/639"),
     ("12_hardware", "2.2"): ("12 / log2(67000 / 1581)", "doubling time from the table's GTX 580 and H100 fp32 rows"),

@@ -24,6 +24,11 @@ def test_format_prints_median_range_and_seed_count():
     assert seeds.spread([1e-8, 3e-8, 2e-8]).format(".1e") == "2.0e-08 (1.0e-08-3.0e-08, 3 seeds)"
 
 
+def test_a_negative_range_is_written_with_to():
+    assert seeds.spread([-0.15, -0.10, -0.03]).format(".2f") == "-0.10 (-0.15 to -0.03, 3 seeds)"
+    assert seeds.spread([-0.02, 0.02, 0.10]).format(".2f") == "0.02 (-0.02 to 0.10, 3 seeds)"
+
+
 def test_a_diverged_seed_counts_and_nan_is_refused():
     s = seeds.spread([0.1, math.inf, 0.2])
     assert s.median == 0.2 and s.high == math.inf

@@ -41,9 +41,13 @@ class Spread:
     n: int
 
     def format(self, fmt: str = ".2g") -> str:
-        """``"median (low-high, n seeds)"`` with each number in format ``fmt`` (e.g. ``".2f"``, ``".1e"``)."""
+        """``"median (low-high, n seeds)"`` with each number in format ``fmt`` (e.g. ``".2f"``, ``".1e"``).
+
+        A range with a negative end reads ``"(low to high, ...)"``: ``-0.15--0.03`` would not.
+        """
         m, lo, hi = (format(v, fmt) for v in (self.median, self.low, self.high))
-        return f"{m} ({lo}-{hi}, {self.n} seeds)"
+        dash = " to " if min(self.low, self.high) < 0 else "-"
+        return f"{m} ({lo}{dash}{hi}, {self.n} seeds)"
 
     def __str__(self) -> str:
         return self.format()
