@@ -81,6 +81,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("07_normalization", "1.207"): "printed by ex-norm-batch-size's solution code (a markdown block, not a cell); re-run under the pinned kernels 2026-12-01",
     ("07_normalization", "1.227"): "printed by ex-norm-batch-size's solution code (a markdown block, not a cell); re-run under the pinned kernels 2026-12-01",
     ("07_normalization", "0.041"): "printed by ex-norm-gamma's solution code (a markdown block, not a cell); re-run under the pinned kernels 2026-12-01",
+    ("05_activations", "0.752"): "the root of GELU' that ex-act-gelu-negative's solution code prints (sp.nsolve: -0.7518)",
     ("08_residual", "7.93%"): "He et al.'s CIFAR-10 test error (1202 layers), quoted and cited",
     ("08_residual", "6.43%"): "He et al.'s CIFAR-10 test error (110 layers), quoted and cited",
     ("08_residual", "4.62%"): "the pre-activation ResNet's CIFAR-10 test error (1001 layers), quoted and cited",
