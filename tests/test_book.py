@@ -167,3 +167,28 @@ def test_chapter_is_a_textbook_chapter(path):
         assert f"`{name}`" in text, f"{path.name}: figure {name} is never referenced from the text"
     words = len(re.sub(r"\$\$.*?\$\$|\$[^$]*\$", " ", text, flags=re.S).split())
     assert words >= 2000, f"{path.name}: only {words} words of prose"
+
+
+# A stray control character in prose is a LaTeX command eaten by a string escape ("\text" written in a
+# Python string becomes a TAB and "ext"); a placeholder is a number someone meant to fill in.
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+PLACEHOLDER = re.compile(r"\b(?:[A-Z]+_)+(?:CONST|NUMBER|VALUE|TODO)\b|\b(?:TODO|FIXME|XXX|TBD)\b|\{\{\s*\w+\s*\}\}")
+
+
+def _prose_pages() -> list[tuple[str, str]]:
+    pages = [(p.name, "\n".join(_source(c) for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "markdown"))
+             for p in NOTEBOOKS]
+    pages += [(p.relative_to(ROOT).as_posix(), p.read_text()) for p in [ROOT / "index.md", *sorted((ROOT / "chapters").glob("*.md"))]]
+    return pages
+
+
+@pytest.mark.parametrize("name, text", _prose_pages(), ids=[n for n, _ in _prose_pages()])
+def test_prose_has_no_control_characters_or_placeholders(name, text):
+    bad = [f"{m.group()!r} in ...{text[max(0, m.start() - 30):m.end() + 30]!r}..." for m in CONTROL.finditer(text)]
+    bad += [f"placeholder {m.group()!r} in ...{text[max(0, m.start() - 40):m.end() + 40]!r}..." for m in PLACEHOLDER.finditer(text)]
+    assert not bad, f"{name}: " + "; ".join(bad)
+
+
+def test_the_prose_check_finds_what_it_is_for():
+    assert CONTROL.search("(\text{gated update})") and PLACEHOLDER.search("only NUMBER_CONST of 64 pixels")
+    assert not CONTROL.search("two lines\nof prose") and not PLACEHOLDER.search("ReLU_6, MAX_NORM and a todo list")
