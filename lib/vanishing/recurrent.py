@@ -45,7 +45,8 @@ def rnn(
     ``nonlinearity`` (``"tanh"`` or ``"relu"``) applies to the vanilla RNN only.
     ``forget_bias`` sets the LSTM's forget-gate bias (Gers et al. 2000 advise a
     positive value, so the cell starts out remembering); ``None`` keeps torch's
-    default of zero.
+    default, which draws both bias vectors uniformly from +-1/sqrt(hidden_size):
+    a random forget bias centred on zero.
     """
     if cell not in CELLS:
         raise ValueError(f"cell={cell!r} is unknown; allowed: {', '.join(CELLS)}")
