@@ -10,7 +10,8 @@ A notebook needs only three entry points from here:
 Importing the package first pins the CPU kernels NumPy and torch use
 (:mod:`vanishing.kernels`), so that printed numbers agree on every x86 CPU.
 The machinery lives in submodules, one idea each: :mod:`vanishing.models`
-(builders), :mod:`vanishing.probes` (measuring gradient flow),
+(builders), :mod:`vanishing.probes` (the measurement core: each layer's forward
+signal, backward signal and weight gradient, kept apart, on any ``nn.Module``),
 :mod:`vanishing.train` (a small training loop), :mod:`vanishing.data` (tasks),
 :mod:`vanishing.recurrent` (sequence models) and :mod:`vanishing.plots`
 (the book's figure style). The chapters add one module each for their own

@@ -51,11 +51,8 @@ __all__ = [
     "low_precision_floor",
 ]
 
-#: Activation modules whose derivative vanishes at both ends (saturation is measured for these).
-SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Softsign, nn.LogSigmoid)
-#: Rectifier-like activation modules (dead units are measured for these).
-RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-              nn.Mish, nn.Softplus, nn.Hardswish)
+#: Activation kinds: the measurement core's one list (:mod:`vanishing.probes`).
+SATURATING, RECTIFIERS = probes.SATURATING, probes.RECTIFIERS
 
 #: The symptoms a report judges, in the order it lists them.
 SYMPTOMS = ("vanishing", "exploding", "saturation", "dead", "underflow", "nonfinite")
@@ -408,27 +405,6 @@ def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
     return obj
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _unit_dim(t: torch.Tensor) -> int:
-    # Convolutional feature maps (N, C, H, W[, D]) have their units (channels) on dim 1;
-    # everything else (N, features) or (N, T, features) on the last dim.
-    return 1 if t.dim() >= 4 else t.dim() - 1
-
-
-def _dead_share(deriv_zero: torch.Tensor) -> float:
-    """Share of units whose derivative is zero for every entry of the batch (and every position)."""
-    d = _unit_dim(deriv_zero)
-    per_unit = deriv_zero.movedim(d, -1).reshape(-1, deriv_zero.shape[d])
-    return float(per_unit.all(dim=0).float().mean())
-
-
 class _Recorder:
     """Forward hooks that summarize activation modules and recurrent cores as the batch passes."""
 
@@ -473,7 +449,7 @@ class _Recorder:
             "std": float(out.std()) if out.numel() > 1 else 0.0,
             "saturated": float((d < self.threshold * self._max_derivative(module)).float().mean())
             if saturating else None,
-            "dead": None if saturating else _dead_share(d == 0),
+            "dead": None if saturating else probes._all_zero_share(d == 0),
         })
 
     def _recurrent(self, module: nn.RNNBase, args: tuple, output: Any) -> None:
@@ -490,7 +466,7 @@ class _Recorder:
             "mean": float(h.mean()),
             "std": float(h.std()) if h.numel() > 1 else 0.0,
             "saturated": None if relu else float((1 - h * h < self.threshold).float().mean()),
-            "dead": _dead_share(h == 0) if relu else None,
+            "dead": probes._all_zero_share(h == 0) if relu else None,
         })
 
 
@@ -527,7 +503,7 @@ def _forward_backward(model, inputs, targets, loss_fn, recorder_threshold, time_
     try:
         with torch.enable_grad():
             try:
-                output = _call(model, inputs)
+                output = probes.call(model, inputs)
             except (RuntimeError, ValueError, TypeError, IndexError) as err:
                 if "not implemented for 'Half'" in str(err):
                     raise ValueError(
@@ -638,7 +614,7 @@ def checkup(
 
     devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None})
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    with torch.random.fork_rng(devices=devices), probes._mode(model, train):
+    with torch.random.fork_rng(devices=devices), probes.preserved(model, train):
         try:
             with torch.random.fork_rng(devices=devices):  # the float32 reference then sees the same dropout
                 loss, grads, acts, xgrad = _forward_backward(model, inputs, targets, loss_fn,
@@ -720,14 +696,14 @@ def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
     losses = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        value = loss_fn(_call(clone, inputs), targets)
+        value = loss_fn(probes.call(clone, inputs), targets)
         losses.append(float(value.detach().float()))
         if not math.isfinite(losses[-1]):
             return losses
         value.backward()
         opt.step()
     with torch.no_grad():
-        losses.append(float(loss_fn(_call(clone, inputs), targets).detach().float()))
+        losses.append(float(loss_fn(probes.call(clone, inputs), targets).detach().float()))
     return losses
 
 

@@ -160,25 +160,8 @@ def gradient_profile(
     stacked_loss = {nn.functional.cross_entropy: "cross_entropy", nn.functional.mse_loss: "mse"}.get(loss_fn)
     if norm != "batch" and stacked_loss is not None:
         return sweeps.grad_norms_batched(sweeps.stack_mlps(nets), inputs, targets, loss=stacked_loss).numpy()
-    return np.asarray([_grad_norms64(net, inputs, targets, loss_fn, train) for net in nets], dtype=float)
-
-
-def _grad_norms64(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], train: bool | None) -> list[float]:
-    # Like probes.grad_norms, but the norm is taken in float64: squaring float32 entries
-    # below about 1e-19 underflows, which would report a tiny gradient as exactly zero.
-    names = probes.weight_names(net)
-    params = dict(net.named_parameters())
-    saved = [(m, m.training) for m in net.modules()]
-    try:
-        if train is not None:
-            net.train(train)
-        loss = loss_fn(net(inputs), targets)
-    finally:
-        for m, flag in saved:
-            m.training = flag
-    grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-    return [0.0 if g is None else float(g.detach().double().norm()) for g in grads]
+    return np.asarray([list(probes.grad_norms(net, inputs, targets, loss_fn, train=train).values())
+                       for net in nets], dtype=float)
 
 
 def inactive_fraction(model: nn.Module, inputs: torch.Tensor, *, train: bool | None = None) -> list[float]:

@@ -10,8 +10,8 @@ module makes both measurable:
   subnormals, i.e. with or without flush-to-zero);
 * :func:`layer_grad_norms` - the per-layer gradient of a deep sigmoid network
   computed in a chosen format, optionally with static loss scaling;
-* :func:`safe_norm` - a Euclidean norm that does not itself underflow (``torch.norm``
-  of a float32 vector of 1e-30s is 0, because the squares underflow);
+* :func:`safe_norm` - the measurement core's norm (:func:`vanishing.probes.safe_norm`), which does
+  not itself underflow (``torch.norm`` of a float32 vector of 1e-30s is 0: the squares underflow);
 * :func:`zero_depth` - how far from the output the first exactly-zero gradient sits;
 * :func:`time_call` and :func:`matmul_throughput` - wall-clock timing of a
   training step or a matrix product on a device (machine-dependent by nature).
@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .probes import safe_norm
 
 __all__ = [
     "FORMATS",
@@ -105,26 +107,6 @@ def power_underflow_depth(
         if value == 0:
             return n
     raise ValueError(f"no underflow within max_depth={max_depth} multiplications by {factor} in {name}")
-
-
-def safe_norm(tensor: torch.Tensor) -> float:
-    """Euclidean norm of ``tensor`` computed without underflow or overflow, as a Python float.
-
-    ``torch.linalg.vector_norm`` squares the entries in their own format, so
-    a float32 gradient whose entries are all 1e-30 has "norm" 0 (the squares,
-    1e-60, are below the smallest float32) and a float64 one of 1e-170s too.
-    Dividing by the largest magnitude first (as LAPACK's ``nrm2`` does) keeps
-    the squares near 1. Returns exactly 0.0 only when every entry is zero.
-    """
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.numel() == 0:
-        raise ValueError("tensor must have at least one entry")
-    t = tensor.detach().to(torch.float64)
-    biggest = t.abs().max()
-    if biggest == 0 or not torch.isfinite(biggest):
-        return float(biggest)
-    return float(biggest * (t / biggest).norm())
 
 
 def layer_grad_norms(
