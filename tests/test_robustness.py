@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,16 +39,15 @@ def test_a_failing_chapter_stops_the_build_and_shows_the_cell(tmp_path):
     assert not (book / "_build" / "html" / "chapters" / "broken.html").exists()
 
 
-def _sizes(path: Path, scale: str, cwd: Path) -> str:
-    """Execute a chapter's first code cell under VANISHING_SCALE=scale from ``cwd``; return its SIZES keys."""
+def _setup_under(path: Path, scale: str, cwd: Path) -> list[str]:
+    """Execute a chapter's first code cell under VANISHING_SCALE=scale from ``cwd``; return what a probe cell
+    prints after it, one line each: its sorted SIZES keys, vg.scale() and DEVICE."""
     nb = nbformat.read(path, as_version=4)
     first = next(c for c in nb.cells if c.cell_type == "code")
-    probe = nbformat.v4.new_code_cell(
-        "print(sorted(SIZES) if 'SIZES' in globals() else 'no SIZES', vg.scale(), DEVICE if 'DEVICE' in globals() else '')"
-    )
+    probe = nbformat.v4.new_code_cell("print(sorted(SIZES), vg.scale(), DEVICE, sep='\\n')")
     nb.cells = [first, probe]
     _execute(nb, scale, cwd, timeout=300)
-    return "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    return "".join(o.get("text", "") for o in nb.cells[1].outputs if o.get("name") == "stdout").splitlines()
 
 
 def _execute(nb: nbformat.NotebookNode, scale: str, cwd: Path, timeout: int) -> None:
@@ -64,13 +64,18 @@ def _execute(nb: nbformat.NotebookNode, scale: str, cwd: Path, timeout: int) -> 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_full_scale_is_wired(path, tmp_path):
-    """Under VANISHING_SCALE=full the setup cell runs (from another working directory) and defines the same knobs."""
-    small = _sizes(path, "small", tmp_path)
-    full = _sizes(path, "full", tmp_path)
-    if small.startswith("no SIZES"):
-        pytest.skip(f"{path.name} defines no experiment sizes in its setup cell")
-    assert full.split(" full")[0] == small.split(" small")[0], f"{path.name}: full and small define different knobs: {full} vs {small}"
-    assert " full " in full and " small " in small
+    """Under VANISHING_SCALE=full the setup cell runs (from another working directory) and defines the same knobs.
+
+    One kernel, under `full` only: strict nbval runs every setup cell under `small` already, and
+    test_full_differs_from_small_only_where_declared compares the two SIZES tables in the source. This proves
+    that the switch reaches the chapter: the cell executes, vg.scale() says full, the SIZES it defines has the
+    keys of small's table, and DEVICE is a device.
+    """
+    small, _ = _size_tables(path)
+    keys, scale, device = _setup_under(path, "full", tmp_path)
+    assert scale == "full", f"{path.name}: VANISHING_SCALE=full did not reach the kernel (vg.scale() is {scale!r})"
+    assert keys == str(sorted(small)), f"{path.name}: under full, SIZES has the keys {keys}; small's table has {sorted(small)}"
+    assert re.fullmatch(r"cpu|cuda(:\d+)?|mps", device), f"{path.name}: DEVICE is {device!r}"
 
 
 def _size_tables(path: Path) -> tuple[dict, dict]:
@@ -104,16 +109,35 @@ def test_full_differs_from_small_only_where_declared(path):
         f"{path.name}: full differs from small in non-numeric sizes {sorted(structural)}; list them in STRUCTURAL")
 
 
+#: Numeric sizes below small's for the full-mode run of a STRUCTURAL chapter (its other numbers stay small's).
+#: Each is cut only as far as every cell still does what it is there for. 09: two seeds (the spreads and the
+#: Fisher tables need two), lags a quarter to a half of small's with probe_lag and bias_lag among them, and enough
+#: steps and units that an LSTM learns at probe_lag (cell "inside the LSTM" asserts that one did; at 100 steps
+#: and 16 units both seeds reach test accuracy 1.00 at lag 10, while at 62 steps and 8 units neither learns).
+TINY = {"09_lstm.ipynb": dict(lags=(5, 10, 20), probe_lag=10, bias_lag=10, seeds=2, steps=100, hidden=16, n_train=512)}
+
+
+def _at_most(value: object, bound: object) -> bool:
+    if isinstance(value, (tuple, list)):
+        return len(value) <= len(bound) and all(v <= b for v, b in zip(sorted(value), sorted(bound)[-len(value):], strict=True))
+    return value <= bound
+
+
 @pytest.mark.parametrize("name", sorted(STRUCTURAL))
 def test_full_mode_runs_on_cpu_at_tiny_size(name, tmp_path):
-    """The whole chapter under VANISHING_SCALE=full on the CPU, with full's structure and small's numbers.
+    """The whole chapter under VANISHING_SCALE=full on the CPU, with full's structure and numbers at most small's.
 
     Full scale itself is for a GPU; this proves that the code only full mode runs (e.g. 09's GRU) works
-    end to end: every cell executes, and the full-only configuration shows up in the outputs.
+    end to end: every cell executes, and the full-only configuration shows up in the outputs. Outputs are not
+    compared, so the numbers are cut below small's (TINY) to make it quick.
     """
     path = ROOT / "chapters" / name
     small, full = _size_tables(path)
     override = {k: small[k] for k in small if _numeric(small[k]) and _numeric(full[k])}
+    tiny = TINY.get(name, {})
+    assert set(tiny) <= set(override), f"{name}: TINY sets sizes that are not numeric in both tables: {set(tiny) - set(override)}"
+    assert all(_at_most(v, small[k]) for k, v in tiny.items()), f"{name}: TINY must not exceed small's sizes"
+    override.update(tiny)
     nb = nbformat.read(path, as_version=4)
     setup = next(c for c in nb.cells if c.cell_type == "code")
     setup.source = setup.source.replace("}[vg.scale()]", "}[vg.scale()]\nSIZES = {**SIZES, **" + repr(override) + "}", 1)
