@@ -4,7 +4,7 @@ Three sweeps, each exactly as a chapter runs it at ``small`` scale:
 
 * ``05 gradient profiles``: depths 10-50 x (five activations with Xavier, ReLU with He)
   x 3 seeds, width 64, gradient norms at initialization on 256 digits
-  (05_activations; ``ffn.gradient_profile`` now stacks the seeds);
+  (05_activations; ``probes.gradient_profile`` now stacks the seeds);
 * ``05 training``: five activations x depths 3, 10, 20, width 64, 200 steps of
   SGD with momentum (batch 128, lr 0.03), train and test set evaluated every 20 steps;
 * ``08 training``: plain and residual ReLU networks x depths 4, 12, 28 x 3 seeds,

@@ -1,6 +1,7 @@
 """Vanishing Gradients: the shared library behind the book's chapters.
 
-A notebook needs only three entry points from here:
+A notebook needs only three entry points from here, re-exported from
+:mod:`vanishing.runtime`:
 
 * :func:`seed` makes a run repeatable (Python, NumPy and torch, deterministic kernels);
 * :func:`device` picks where tensors live (CUDA, then Apple MPS, then CPU);
@@ -10,18 +11,18 @@ A notebook needs only three entry points from here:
 Importing the package first pins the CPU kernels NumPy and torch use
 (:mod:`vanishing.kernels`), so that printed numbers agree on every x86 CPU.
 The machinery lives in submodules, one idea each: :mod:`vanishing.models`
-(builders), :mod:`vanishing.probes` (the measurement core: each layer's forward
-signal, backward signal and weight gradient, kept apart, on any ``nn.Module``),
-:mod:`vanishing.train` (a small training loop), :mod:`vanishing.data` (tasks),
-:mod:`vanishing.recurrent` (sequence models) and :mod:`vanishing.plots`
-(the book's figure style). The chapters add one module each for their own
-machinery: :mod:`vanishing.numerics` (floating-point formats),
-:mod:`vanishing.jacobians` and :mod:`vanishing.dynamics` (the prototypical
-models), :mod:`vanishing.ffn` (initializers and feed-forward measurements),
-:mod:`vanishing.sweeps` (many networks trained at once as stacked tensors),
-:mod:`vanishing.rbm` and :mod:`vanishing.hierarchy` (pretraining and history
-compression), :mod:`vanishing.search` (gradient-free search) and
-:mod:`vanishing.precision` (number formats on hardware).
+(builders and the sources' initializers), :mod:`vanishing.probes` (the
+measurement core: each layer's forward signal, backward signal and weight
+gradient, kept apart, on any ``nn.Module``), :mod:`vanishing.train` (a small
+training loop), :mod:`vanishing.seeds` (medians and spreads over seeds),
+:mod:`vanishing.data` (tasks), :mod:`vanishing.recurrent` (sequence models) and
+:mod:`vanishing.plots` (the book's figure style). The chapters add one module
+each for their own machinery: :mod:`vanishing.numerics` (floating-point
+formats), :mod:`vanishing.jacobians` and :mod:`vanishing.dynamics` (the
+prototypical models), :mod:`vanishing.sweeps` (many networks trained at once as
+stacked tensors), :mod:`vanishing.rbm` and :mod:`vanishing.hierarchy`
+(pretraining and history compression), :mod:`vanishing.search` (gradient-free
+search) and :mod:`vanishing.precision` (number formats on hardware).
 
 :mod:`vanishing.checkup` diagnoses the gradient flow of any PyTorch model:
 ``vg.checkup.checkup(model, (inputs, targets), loss_fn)``.
@@ -35,104 +36,8 @@ from . import kernels
 
 kernels.pin()
 
-import os  # noqa: E402
-import random  # noqa: E402
-import warnings  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 from . import checkup  # noqa: E402  # the book's diagnosis tool, reachable as vg.checkup.checkup
+from .runtime import DEVICE_ENV, SCALE_ENV, SCALES, THREADS_ENV, device, scale, seed  # noqa: E402
 
 __all__ = ["checkup", "kernels", "seed", "device", "scale", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV"]
 __version__ = "0.1.0"
-
-#: Environment variable that forces a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
-DEVICE_ENV = "VANISHING_DEVICE"
-#: Environment variable that selects the experiment size.
-SCALE_ENV = "VANISHING_SCALE"
-#: Environment variable that sets torch's CPU thread count (default 1, for identical outputs).
-THREADS_ENV = "VANISHING_THREADS"
-#: The experiment sizes a chapter knows.
-SCALES = ("small", "full")
-
-
-def seed(value: int = 0) -> None:
-    """Seed every random number generator the book uses and make kernels deterministic.
-
-    Also pins torch to one CPU thread (override with ``VANISHING_THREADS``):
-    the order of floating-point reductions then no longer depends on the
-    machine, so stored notebook outputs reproduce bit for bit.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-        raise ValueError(f"seed: value must be an int in [0, 2**32), got {value!r}")
-    threads = os.environ.get(THREADS_ENV, "1")
-    if not threads.isdigit() or int(threads) < 1:
-        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {threads!r}")
-    torch.set_num_threads(int(threads))
-    problem = kernels.check()
-    if problem is not None:
-        warnings.warn(f"{problem}; numbers may differ from the book's stored outputs "
-                      "(import vanishing first, in a fresh kernel)", RuntimeWarning, stacklevel=2)
-    # cuBLAS needs this set before its first call to be deterministic.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)  # also seeds every CUDA device
-    if torch.cuda.is_available():
-        # CPU kernels are deterministic on one thread; on CUDA some are not unless asked.
-        # (Only here: the switch imports torch's compiler stack, which costs seconds.)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if hasattr(torch.backends, "cudnn"):
-        torch.backends.cudnn.benchmark = False
-
-
-def _available(kind: str) -> bool:
-    if kind == "cpu":
-        return True
-    if kind == "cuda":
-        return torch.cuda.is_available()
-    if kind == "mps":
-        return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    return False
-
-
-def device(name: str | None = None) -> torch.device:
-    """Return the device experiments run on.
-
-    ``name`` (or the ``VANISHING_DEVICE`` environment variable) asks for one
-    explicitly; asking for a device this machine lacks is an error, never a
-    silent fallback to the CPU. Without a request: CUDA, then MPS, then CPU.
-    """
-    source = "name"
-    if name is None:
-        name = os.environ.get(DEVICE_ENV) or None
-        source = DEVICE_ENV
-    if name is None:
-        for kind in ("cuda", "mps"):
-            if _available(kind):
-                return torch.device(kind)
-        return torch.device("cpu")
-    if not isinstance(name, str):
-        raise ValueError(f"device: {source} must be a string such as 'cpu', 'cuda' or 'mps', got {name!r}")
-    text = name.strip().lower()
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
-        raise ValueError(
-            f"device: {source}={name!r} is not a device; allowed: 'cpu', 'cuda', 'cuda:N', 'mps'"
-        )
-    if not _available(kind):
-        raise ValueError(f"device: {source}={name!r} was requested but this machine has no {kind} device")
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise ValueError(
-            f"device: {source}={name!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-        )
-    return torch.device(text)
-
-
-def scale() -> str:
-    """Return the experiment size: ``"small"`` (default) or ``"full"`` from ``VANISHING_SCALE``."""
-    value = os.environ.get(SCALE_ENV, "small").strip().lower() or "small"
-    if value not in SCALES:
-        raise ValueError(f"{SCALE_ENV}={value!r} is not a scale; allowed: {', '.join(SCALES)}")
-    return value

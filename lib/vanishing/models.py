@@ -201,3 +201,84 @@ def mlp(
                 if b.residual:
                     b.linear.weight.mul_(branch_scale)
     return MLP(blocks, head)
+
+
+# Initializers from the sources, to pass as ``mlp(init=...)`` (06_initialization tests them).
+
+Init = Callable[[torch.Tensor], None]
+
+
+def _fans(w: torch.Tensor) -> tuple[int, int]:
+    if w.dim() != 2:
+        raise ValueError(f"weight must be a 2-D matrix (out, in), got shape {tuple(w.shape)}")
+    return int(w.shape[1]), int(w.shape[0])
+
+
+def normal_init(*, mean: float | Callable[[int], float] = 0.0, std: float | Callable[[int, int], float] | None = None) -> Init:
+    """Return an initializer drawing weights from a Gaussian N(mean, std^2).
+
+    ``mean`` is a number or a function of fan-in; ``std`` a number, a function
+    of ``(fan_in, fan_out)``, or ``None`` for Glorot's sqrt(2/(fan_in+fan_out)).
+    Keeping ``std`` and changing only ``mean`` isolates the effect of the mean.
+    """
+    if not (callable(mean) or isinstance(mean, (int, float))) or isinstance(mean, bool):
+        raise ValueError(f"mean must be a number or a function of fan_in, got {mean!r}")
+    if std is not None and not callable(std) and (isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0):
+        raise ValueError(f"std must be a positive number, a function of (fan_in, fan_out) or None, got {std!r}")
+
+    def init(w: torch.Tensor) -> None:
+        fan_in, fan_out = _fans(w)
+        m = float(mean(fan_in)) if callable(mean) else float(mean)
+        if std is None:
+            s = math.sqrt(2.0 / (fan_in + fan_out))
+        else:
+            s = float(std(fan_in, fan_out)) if callable(std) else float(std)
+        with torch.no_grad():
+            w.normal_(m, s)
+
+    return init
+
+
+def kumar_std(fan_in: int, activation: str = "sigmoid") -> float:
+    """Kumar's (2017) weight standard deviation for a unit with ``fan_in`` inputs.
+
+    For an activation g differentiable at 0 Kumar proposes
+    ``v^2 = 1 / (N g'(0)^2 (1 + g(0)^2))``; for the ReLU, ``v^2 = 2/N``. With the
+    logistic sigmoid (g(0) = 1/2, g'(0) = 1/4) this is 12.8/N, a standard
+    deviation of about 3.58/sqrt(N).
+    """
+    if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in < 1:
+        raise ValueError(f"fan_in must be a positive int, got {fan_in!r}")
+    if activation == "relu":
+        return math.sqrt(2.0 / fan_in)
+    if activation not in ("sigmoid", "tanh", "gelu", "silu"):
+        raise ValueError(
+            f"activation={activation!r} has no Kumar standard deviation here; allowed: sigmoid, tanh, gelu, silu, relu"
+        )
+    with torch.enable_grad():  # initializers run under no_grad
+        z = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        g0 = ACTIVATIONS[activation]()(z)
+        (d0,) = torch.autograd.grad(g0.sum(), z)
+    g0, d0 = float(g0.detach()), float(d0)
+    return math.sqrt(1.0 / (fan_in * d0**2 * (1.0 + g0**2)))
+
+
+def kumar_init(activation: str = "sigmoid") -> Init:
+    """Initializer with zero mean and :func:`kumar_std` for ``activation``."""
+    kumar_std(1, activation)  # validates the name
+    return normal_init(mean=0.0, std=lambda fan_in, fan_out: kumar_std(fan_in, activation))
+
+
+def yilmaz_poli_mean(fan_in: int) -> float:
+    """Yilmaz & Poli's (2022) mean of the initial weights, ``max(-1, -8/N)``.
+
+    N is the number of inputs a unit receives (the width of the layer below).
+    """
+    if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in < 1:
+        raise ValueError(f"fan_in must be a positive int, got {fan_in!r}")
+    return max(-1.0, -8.0 / fan_in)
+
+
+def yilmaz_poli_init(*, std: float | Callable[[int, int], float] | None = None) -> Init:
+    """Initializer with mean :func:`yilmaz_poli_mean` and spread ``std`` (as in :func:`normal_init`)."""
+    return normal_init(mean=yilmaz_poli_mean, std=std)

@@ -12,9 +12,13 @@ mean either, and the cure differs, so the measurement core keeps them apart:
   norm, saturated and dead shares, and (given an optimizer) the update-to-weight ratio;
 * :func:`safe_norm` - the one Euclidean norm every measurement uses (float64, no underflow).
 
-Three views of the same measurements keep the first edition's chapters short:
-:func:`grad_norms` (``||dL/dW||`` per weight matrix), :func:`activation_stats`
-(per activation module) and :func:`update_ratios` (one SGD step against the weights).
+Views of the same measurements keep the chapters short: :func:`grad_norms`
+(``||dL/dW||`` per weight matrix), :func:`activation_stats` (per activation
+module), :func:`update_ratios` (one SGD step against the weights),
+:func:`gradient_profile` (the ``||dL/dW||`` profile of freshly built networks, one
+row per seed), :func:`inactive_fraction` (units off for a whole batch) and
+:func:`gradient_predictiveness` (the loss and gradient along the gradient, the
+"smoothness" view of Santurkar et al. 2018).
 None of them changes the model: parameters, buffers, ``.grad``, hooks, training
 flags and the random-number generators are as they were.
 """
@@ -23,17 +27,21 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import models
+
 __all__ = [
     "SATURATING", "RECTIFIERS", "ACTIVATION_TYPES", "Signal", "signals", "safe_norm", "call",
-    "grad_norms", "activation_stats", "update_ratios", "weight_names",
+    "grad_norms", "activation_stats", "update_ratios", "weight_names", "preserved",
+    "gradient_profile", "inactive_fraction", "gradient_predictiveness",
 ]
 
 #: Activation modules whose derivative vanishes at both ends (saturation is measured for these).
@@ -541,3 +549,120 @@ def update_ratios(model: nn.Module, lr: float) -> dict[str, float]:
     if not out:
         raise ValueError("no weight matrix has a .grad: call loss.backward() before update_ratios")
     return out
+
+
+def gradient_profile(
+    *,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    depth: int,
+    width: int,
+    activation: str,
+    init: str | models.Init,
+    norm: str | None = None,
+    seeds: Sequence[int] = (0,),
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    train: bool | None = True,
+) -> np.ndarray:
+    """Per-layer gradient norms ||dL/dW_l|| of freshly built networks, one row per seed.
+
+    Builds ``models.mlp`` with the given shape for each seed (torch's global
+    generator is seeded with it), measures the gradient norms on
+    ``(inputs, targets)`` (as :func:`grad_norms` does) and returns an array of shape
+    ``(len(seeds), depth + 1)``: hidden layers from the input, read-out last.
+
+    Where the networks can be stacked (no batch normalization, the loss cross-entropy
+    or mean squared error) all seeds are measured in one pass of
+    :mod:`vanishing.sweeps`, which gives the same numbers (bit for bit on the build
+    machine); otherwise one network at a time.
+    """
+    if len(seeds) == 0:
+        raise ValueError("seeds must hold at least one seed")
+    out_features = int(targets.max()) + 1 if targets.dtype == torch.long else int(targets.shape[-1])
+    nets = []
+    for s in seeds:
+        torch.manual_seed(int(s))
+        nets.append(models.mlp(
+            in_features=inputs.shape[1], out_features=out_features, depth=depth, width=width,
+            activation=activation, init=init, norm=norm,
+        ).to(inputs.device))
+    from . import sweeps  # here, not at the top: sweeps itself builds on this module
+
+    stacked_loss = {nn.functional.cross_entropy: "cross_entropy", nn.functional.mse_loss: "mse"}.get(loss_fn)
+    if norm != "batch" and stacked_loss is not None:
+        return sweeps.grad_norms_batched(sweeps.stack_mlps(nets), inputs, targets, loss=stacked_loss).numpy()
+    return np.asarray([list(grad_norms(net, inputs, targets, loss_fn, train=train).values())
+                       for net in nets], dtype=float)
+
+
+def inactive_fraction(model: nn.Module, inputs: torch.Tensor, *, train: bool | None = None) -> list[float]:
+    """Per activation layer: the fraction of units whose input is <= 0 for every example of ``inputs``.
+
+    For a ReLU such a unit is dead: it outputs zero and passes no gradient for
+    the whole batch. For a leaky ReLU it is merely "off": it still passes a
+    gradient scaled by the leak, so it can come back.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    seen: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        seen.append(args[0].detach())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)]
+    if not handles:
+        raise ValueError("model has no activation modules of a known type")
+    try:
+        with preserved(model, train), torch.no_grad():
+            call(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return [float((z.reshape(-1, z.shape[-1]) <= 0).all(dim=0).float().mean()) for z in seen]
+
+
+def gradient_predictiveness(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    etas: Sequence[float],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+) -> dict[str, np.ndarray]:
+    """Walk along the negative gradient and record how the loss and the gradient change.
+
+    At parameters theta with gradient g, for each step size eta it evaluates the
+    loss L(theta - eta g) and the gradient change ||grad L(theta - eta g) - g||.
+    Returns ``loss`` (len(etas),), ``grad_change`` (len(etas),), ``grad_norm``
+    (a scalar array) and ``beta``: the largest ratio ||grad change|| / ||eta g||, an
+    effective smoothness constant along this direction (Santurkar et al. 2018).
+    The model is measured in train mode (batch statistics) and left unchanged.
+    """
+    if len(etas) == 0 or any(not e > 0 for e in etas):
+        raise ValueError(f"etas must be a non-empty sequence of positive step sizes, got {list(etas)!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+
+    def grad_at() -> tuple[float, list[torch.Tensor]]:
+        loss = loss_fn(model(inputs), targets)
+        return float(loss.detach()), [g.detach() for g in torch.autograd.grad(loss, params)]
+
+    with preserved(model, train=True):
+        _, g0 = grad_at()
+        gnorm = math.sqrt(sum(float((g**2).sum()) for g in g0))
+        losses, changes, ratios = [], [], []
+        for eta in etas:
+            with torch.no_grad():
+                for p, s, g in zip(params, saved, g0, strict=True):
+                    p.copy_(s - eta * g)
+            loss, g1 = grad_at()
+            change = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(g1, g0, strict=True)))
+            losses.append(loss)
+            changes.append(change)
+            ratios.append(change / (eta * gnorm) if gnorm > 0 else 0.0)
+    return {
+        "loss": np.asarray(losses),
+        "grad_change": np.asarray(changes),
+        "grad_norm": np.asarray(gnorm),
+        "beta": np.asarray(max(ratios)),
+    }

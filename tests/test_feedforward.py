@@ -1,4 +1,4 @@
-"""Tests for vanishing.ffn: initializers, profiles, unit statistics and the smoothness probe."""
+"""The feed-forward pieces: the sources' initializers (vanishing.models) and the measurements chapters 05-07 use (vanishing.probes)."""
 
 from __future__ import annotations
 
@@ -9,74 +9,74 @@ import pytest
 import torch
 from torch import nn
 
-from vanishing import ffn, models
+from vanishing import models, probes
 
 
 def test_kumar_std_sigmoid_is_sqrt_64_over_5():
     # g(0) = 1/2, g'(0) = 1/4: v^2 = 1 / (N * 1/16 * 5/4) = 12.8 / N.
-    assert ffn.kumar_std(1) == pytest.approx(math.sqrt(12.8))
-    assert ffn.kumar_std(64) == pytest.approx(math.sqrt(12.8 / 64))
-    assert ffn.kumar_std(100, "tanh") == pytest.approx(0.1)
-    assert ffn.kumar_std(8, "relu") == pytest.approx(0.5)
+    assert models.kumar_std(1) == pytest.approx(math.sqrt(12.8))
+    assert models.kumar_std(64) == pytest.approx(math.sqrt(12.8 / 64))
+    assert models.kumar_std(100, "tanh") == pytest.approx(0.1)
+    assert models.kumar_std(8, "relu") == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_kumar_std_rejects_bad_fan_in(bad):
     with pytest.raises(ValueError, match="fan_in"):
-        ffn.kumar_std(bad)
+        models.kumar_std(bad)
 
 
 def test_kumar_std_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation"):
-        ffn.kumar_std(10, "leaky_relu")
+        models.kumar_std(10, "leaky_relu")
     with pytest.raises(ValueError, match="activation"):
-        ffn.kumar_init("linear")
+        models.kumar_init("linear")
 
 
 def test_yilmaz_poli_mean_by_hand():
-    assert ffn.yilmaz_poli_mean(4) == -1.0  # -8/4 = -2 is clipped at -1
-    assert ffn.yilmaz_poli_mean(8) == -1.0
-    assert ffn.yilmaz_poli_mean(64) == -0.125
+    assert models.yilmaz_poli_mean(4) == -1.0  # -8/4 = -2 is clipped at -1
+    assert models.yilmaz_poli_mean(8) == -1.0
+    assert models.yilmaz_poli_mean(64) == -0.125
     with pytest.raises(ValueError, match="fan_in"):
-        ffn.yilmaz_poli_mean(0)
+        models.yilmaz_poli_mean(0)
 
 
 def test_normal_init_moments():
     w = torch.empty(400, 500)
     torch.manual_seed(0)
-    ffn.normal_init(mean=-0.5, std=0.2)(w)
+    models.normal_init(mean=-0.5, std=0.2)(w)
     assert float(w.mean()) == pytest.approx(-0.5, abs=0.002)
     assert float(w.std()) == pytest.approx(0.2, abs=0.002)
-    ffn.normal_init()(w)  # Glorot: sqrt(2 / (500 + 400))
+    models.normal_init()(w)  # Glorot: sqrt(2 / (500 + 400))
     assert float(w.std()) == pytest.approx(math.sqrt(2 / 900), rel=0.01)
-    ffn.yilmaz_poli_init(std=0.01)(w)
+    models.yilmaz_poli_init(std=0.01)(w)
     assert float(w.mean()) == pytest.approx(-8 / 500, abs=1e-3)
 
 
 def test_normal_init_errors():
     with pytest.raises(ValueError, match="mean"):
-        ffn.normal_init(mean="zero")
+        models.normal_init(mean="zero")
     with pytest.raises(ValueError, match="std"):
-        ffn.normal_init(std=-1.0)
+        models.normal_init(std=-1.0)
     with pytest.raises(ValueError, match="2-D"):
-        ffn.normal_init()(torch.empty(3))
+        models.normal_init()(torch.empty(3))
 
 
 def test_inits_plug_into_mlp():
     torch.manual_seed(0)
     net = models.mlp(in_features=64, out_features=2, depth=2, width=64, activation="sigmoid",
-                     init=ffn.kumar_init("sigmoid"))
+                     init=models.kumar_init("sigmoid"))
     assert float(net.blocks[1].linear.weight.detach().std()) == pytest.approx(math.sqrt(12.8 / 64), rel=0.05)
 
 
 def test_gradient_profile_shape_and_linear_case():
     torch.manual_seed(0)
     x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
-    prof = ffn.gradient_profile(inputs=x, targets=y, depth=3, width=4, activation="relu", init="he", seeds=(0, 1))
+    prof = probes.gradient_profile(inputs=x, targets=y, depth=3, width=4, activation="relu", init="he", seeds=(0, 1))
     assert prof.shape == (2, 4)
     assert np.all(prof >= 0)
     with pytest.raises(ValueError, match="seeds"):
-        ffn.gradient_profile(inputs=x, targets=y, depth=3, width=4, activation="relu", init="he", seeds=())
+        probes.gradient_profile(inputs=x, targets=y, depth=3, width=4, activation="relu", init="he", seeds=())
 
 
 def test_inactive_fraction_by_hand():
@@ -85,26 +85,12 @@ def test_inactive_fraction_by_hand():
         lin.weight.copy_(torch.tensor([[1.0], [0.0]]))
         lin.bias.copy_(torch.tensor([0.0, -1.0]))  # unit 2 is always negative: dead
     net = nn.Sequential(lin, nn.ReLU())
-    assert ffn.inactive_fraction(net, torch.tensor([[1.0], [2.0]])) == [0.5]
-    assert ffn.inactive_fraction(net, torch.tensor([[-1.0], [-2.0]])) == [1.0]
+    assert probes.inactive_fraction(net, torch.tensor([[1.0], [2.0]])) == [0.5]
+    assert probes.inactive_fraction(net, torch.tensor([[-1.0], [-2.0]])) == [1.0]
     with pytest.raises(ValueError, match="activation"):
-        ffn.inactive_fraction(nn.Sequential(nn.Linear(1, 1)), torch.ones(1, 1))
+        probes.inactive_fraction(nn.Sequential(nn.Linear(1, 1)), torch.ones(1, 1))
     with pytest.raises(ValueError, match="model"):
-        ffn.inactive_fraction("net", torch.ones(1, 1))
-
-
-def test_train_with_stats_records_rows():
-    torch.manual_seed(0)
-    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    net = models.mlp(in_features=4, out_features=3, depth=2, width=8, activation="sigmoid", init="xavier")
-    rec = ffn.train_with_stats(net, (x, y), steps=6, lr=0.1, every=3)
-    assert rec["step"].tolist() == [0, 3, 6]
-    assert rec["saturated"].shape == (3, 2) and rec["inactive"].shape == (3, 2)
-    assert "test_acc" not in rec
-    with pytest.raises(ValueError, match="multiple"):
-        ffn.train_with_stats(net, (x, y), steps=5, lr=0.1, every=3)
-    with pytest.raises(ValueError, match="every"):
-        ffn.train_with_stats(net, (x, y), steps=5, lr=0.1, every=0)
+        probes.inactive_fraction("net", torch.ones(1, 1))
 
 
 def test_gradient_predictiveness_on_a_quadratic():
@@ -115,13 +101,13 @@ def test_gradient_predictiveness_on_a_quadratic():
     with torch.no_grad():
         net.weight.fill_(2.0)
     loss = lambda out, t: 0.5 * a * (net.weight**2).sum() + 0 * out.sum()
-    res = ffn.gradient_predictiveness(net, torch.ones(1, 1), torch.zeros(1, 1), etas=[0.1, 0.2], loss_fn=loss)
+    res = probes.gradient_predictiveness(net, torch.ones(1, 1), torch.zeros(1, 1), etas=[0.1, 0.2], loss_fn=loss)
     assert float(res["grad_norm"]) == pytest.approx(6.0)
     assert res["grad_change"].tolist() == pytest.approx([a * a * 0.1 * 2, a * a * 0.2 * 2])
     assert float(res["beta"]) == pytest.approx(a)
     assert float(net.weight.detach()) == 2.0  # left unchanged
     with pytest.raises(ValueError, match="etas"):
-        ffn.gradient_predictiveness(net, torch.ones(1, 1), torch.zeros(1, 1), etas=[], loss_fn=loss)
+        probes.gradient_predictiveness(net, torch.ones(1, 1), torch.zeros(1, 1), etas=[], loss_fn=loss)
 
 
 def test_gradient_profile_keeps_tiny_gradients():
@@ -129,7 +115,7 @@ def test_gradient_profile_keeps_tiny_gradients():
     torch.manual_seed(0)
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     scaled = lambda out, t: 1e-25 * nn.functional.cross_entropy(out, t)
-    prof = ffn.gradient_profile(inputs=x, targets=y, depth=2, width=4, activation="tanh", init="xavier",
+    prof = probes.gradient_profile(inputs=x, targets=y, depth=2, width=4, activation="tanh", init="xavier",
                                 loss_fn=scaled)
     assert np.all(prof > 0)
 
@@ -138,7 +124,7 @@ def test_gradient_profile_keeps_tiny_gradients():
     "kw",
     [
         dict(activation="tanh", init="xavier"),  # stacked, cross-entropy
-        dict(activation="sigmoid", init=ffn.normal_init(std=0.3), norm="layer"),  # stacked, callable init
+        dict(activation="sigmoid", init=models.normal_init(std=0.3), norm="layer"),  # stacked, callable init
         dict(activation="relu", init="he", norm="batch"),  # one network at a time (batch norm couples examples)
         dict(activation="gelu", init="he", loss_fn=lambda out, t: (out - t.float().unsqueeze(1)).abs().mean()),
     ],
@@ -148,7 +134,7 @@ def test_gradient_profile_equals_one_network_at_a_time(kw):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(12, 3, generator=g), torch.randint(0, 2, (12,), generator=g)
     loss_fn = kw.pop("loss_fn", nn.functional.cross_entropy)
-    prof = ffn.gradient_profile(inputs=x, targets=y, depth=3, width=5, seeds=(0, 4), loss_fn=loss_fn, **kw)
+    prof = probes.gradient_profile(inputs=x, targets=y, depth=3, width=5, seeds=(0, 4), loss_fn=loss_fn, **kw)
     for row, seed in zip(prof, (0, 4), strict=True):
         torch.manual_seed(seed)
         net = models.mlp(in_features=3, out_features=2, depth=3, width=5, **kw)
