@@ -39,5 +39,8 @@ kernels.pin()
 from . import checkup  # noqa: E402  # the book's diagnosis tool, reachable as vg.checkup.checkup
 from .runtime import DEVICE_ENV, SCALE_ENV, SCALES, THREADS_ENV, device, scale, seed  # noqa: E402
 
-__all__ = ["checkup", "kernels", "seed", "device", "scale", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV"]
+__all__ = [
+    "checkup", "kernels", "seed", "device", "scale", "SCALES",
+    "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV",
+]
 __version__ = "0.1.0"

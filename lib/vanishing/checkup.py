@@ -1,4 +1,5 @@
-"""A gradient-flow checkup for any PyTorch model: one call, per-layer numbers, a verdict per symptom.
+"""A gradient-flow checkup for any PyTorch model: one call, per-layer numbers, a verdict per
+symptom.
 
 :func:`checkup` runs one forward and one backward pass of a model on a batch
 (optionally also a few SGD steps on a copy) and returns a :class:`Report`:
@@ -57,13 +58,16 @@ SATURATING, RECTIFIERS = probes.SATURATING, probes.RECTIFIERS
 #: The symptoms a report judges, in the order it lists them.
 SYMPTOMS = ("vanishing", "exploding", "saturation", "dead", "underflow", "nonfinite")
 
-#: Default decision thresholds; :doc:`13_checkup` measures healthy and broken networks to justify them.
+#: Default decision thresholds; :doc:`13_checkup` measures healthy and broken networks to justify
+#: them.
 THRESHOLDS: dict[str, float] = {
-    # smallest gradient-norm ratio (layer / last layer, or first / last time step) still called healthy
+    # smallest gradient-norm ratio (layer / last layer, or first / last time step) still called
+    # healthy
     "vanishing_ratio": 1e-2,
     # largest gradient-norm ratio still called healthy
     "exploding_ratio": 1e2,
-    # largest update-to-weight ratio std(lr*g)/std(W) still called healthy (one step as large as the weights)
+    # largest update-to-weight ratio std(lr*g)/std(W) still called healthy (one step as large as
+    # the weights)
     "update_ratio": 1.0,
     # activation derivative below this share of its maximum counts as saturated ...
     "saturation_derivative": 0.1,
@@ -71,7 +75,8 @@ THRESHOLDS: dict[str, float] = {
     "saturated_share": 0.5,
     # share of rectifier units (over all rectifier layers) dead on the whole batch
     "dead_share": 0.5,
-    # share of a layer's gradient entries below the dtype's normal range (subnormal or flushed to zero)
+    # share of a layer's gradient entries below the dtype's normal range (subnormal or flushed to
+    # zero)
     "underflow_share": 0.01,
 }
 
@@ -88,13 +93,16 @@ _CHAPTERS = {
 _NORMALIZE = ("normalize pre-activations (batch or layer norm)", "07_normalization")
 _RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations")
 
-# What to try for each symptom, best first: (what to do, chapter). "vanishing in time" is a recurrent
-# model's gradient fading across time steps; _fixes adds the entries that depend on the model.
+# What to try for each symptom, best first: (what to do, chapter). "vanishing in time" is a
+# recurrent model's gradient fading across time steps; _fixes adds the entries that depend on the
+# model.
 _FIXES: dict[str, list[tuple[str, str]]] = {
     "vanishing in time": [
         ("use a gated cell (LSTM/GRU) with a positive forget-gate bias", "09_lstm"),
-        ("initialize the recurrent matrix orthogonally (spectral radius near 1)", "03_dynamical_system"),
-        ("shorten the lag the gradient must cross, or give it a direct path (attention)", "02_recurrent_model"),
+        ("initialize the recurrent matrix orthogonally (spectral radius near 1)",
+         "03_dynamical_system"),
+        ("shorten the lag the gradient must cross, or give it a direct path (attention)",
+         "02_recurrent_model"),
     ],
     "vanishing": [
         ("add residual connections around the blocks", "08_residual"),
@@ -124,13 +132,16 @@ _FIXES: dict[str, list[tuple[str, str]]] = {
         ("keep float32 master weights (mixed precision)", "12_hardware"),
     ],
     "nonfinite": [
-        ("find the first layer with non-finite values; lower the learning rate or clip", "04_loss_wall"),
+        ("find the first layer with non-finite values; lower the learning rate or clip",
+         "04_loss_wall"),
         ("compute the loss and its softmax in float32; lower the loss scale", "12_hardware"),
     ],
 }
 
 
-def _fixes(symptom: str, *, recurrent: bool, saturating: bool, in_time: bool) -> list[tuple[str, str]]:
+def _fixes(
+    symptom: str, *, recurrent: bool, saturating: bool, in_time: bool
+) -> list[tuple[str, str]]:
     """Fixes for ``symptom``, ranked for the kind of model measured: (what to do, chapter)."""
     if symptom == "vanishing" and in_time:
         return list(_FIXES["vanishing in time"])
@@ -138,13 +149,16 @@ def _fixes(symptom: str, *, recurrent: bool, saturating: bool, in_time: bool) ->
     if symptom == "vanishing" and saturating:
         fixes.insert(0, _RECTIFIER)
     if symptom == "exploding" and recurrent:
-        fixes.insert(2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system"))
+        fixes.insert(
+            2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system")
+        )
     return fixes
 
 
 @dataclass
 class Verdict:
-    """The judgement on one symptom: ``found`` is True, False, or None when it cannot be measured here."""
+    """The judgement on one symptom: ``found`` is True, False, or None when it cannot be measured
+    here."""
 
     symptom: str
     found: bool | None
@@ -159,8 +173,9 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         """The verdict as plain Python data."""
-        return {"symptom": self.symptom, "found": self.found, "status": self.status, "evidence": self.evidence,
-                "chapter": self.chapter, "fixes": [{"fix": f, "chapter": c} for f, c in self.fixes]}
+        return {"symptom": self.symptom, "found": self.found, "status": self.status,
+                "evidence": self.evidence, "chapter": self.chapter,
+                "fixes": [{"fix": f, "chapter": c} for f, c in self.fixes]}
 
 
 def _fmt(x: float | None) -> str:
@@ -229,24 +244,31 @@ class Report:
         rows = []
         for r in self.layers:
             rows.append([
-                r["name"], "x".join(map(str, r["shape"])), _fmt(r["grad_norm"]), _fmt(r["grad_ratio"]),
-                _fmt(r["weight_norm"]), _fmt(r["update_ratio"]), _share(r["zero"]), _share(r["subnormal"]),
-                str(r["nonfinite"]), _share(r.get("flushed")),
+                r["name"], "x".join(map(str, r["shape"])), _fmt(r["grad_norm"]),
+                _fmt(r["grad_ratio"]), _fmt(r["weight_norm"]), _fmt(r["update_ratio"]),
+                _share(r["zero"]), _share(r["subnormal"]), str(r["nonfinite"]),
+                _share(r.get("flushed")),
             ])
         return rows
 
-    _LAYER_HEAD = ["layer", "shape", "|grad|", "ratio", "|W|", "update", "zero", "subn", "nonfin", "flushed"]
+    _LAYER_HEAD = [
+        "layer", "shape", "|grad|", "ratio", "|W|", "update", "zero", "subn", "nonfin", "flushed",
+    ]
     _ACT_HEAD = ["activation", "kind", "mean", "std", "saturated", "dead"]
 
     def _act_rows(self) -> list[list[str]]:
-        return [[a["name"], a["kind"], f"{a['mean']:.3g}", f"{a['std']:.3g}", _share(a["saturated"]),
-                 _share(a["dead"])] for a in self.activations]
+        return [[a["name"], a["kind"], f"{a['mean']:.3g}", f"{a['std']:.3g}",
+                 _share(a["saturated"]), _share(a["dead"])] for a in self.activations]
 
     @staticmethod
     def _table(head: list[str], rows: list[list[str]]) -> str:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                       for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
+        ]
+        line = lambda cells: "  ".join(  # noqa: E731
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
         return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
     def summary(self) -> str:
@@ -264,7 +286,10 @@ class Report:
         if self.losses:
             head += f", loss after {len(self.losses) - 1} SGD steps {_fmt(self.losses[-1])}"
         verdict = "healthy" if self.healthy else "found: " + ", ".join(self.found)
-        parts = [head + f" -> {verdict}", "", self.summary(), "", self._table(self._LAYER_HEAD, self._layer_rows())]
+        parts = [
+            head + f" -> {verdict}", "", self.summary(), "",
+            self._table(self._LAYER_HEAD, self._layer_rows()),
+        ]
         if self.activations:
             parts += ["", self._table(self._ACT_HEAD, self._act_rows())]
         if self.time_profile is not None:
@@ -279,17 +304,25 @@ class Report:
     def _repr_html_(self) -> str:
         colour = {"FOUND": "#D55E00", "ok": "#009E73", "n/a": "#777777"}
         esc = html.escape
-        out = [f"<div><p><b>checkup</b>: loss {_fmt(self.loss)}, dtype {esc(self.dtype)}, lr {self.lr:g} &rarr; "
+        out = [f"<div><p><b>checkup</b>: loss {_fmt(self.loss)}, dtype {esc(self.dtype)}, "
+               f"lr {self.lr:g} &rarr; "
                + ("<b style='color:#009E73'>healthy</b>" if self.healthy
-                  else "<b style='color:#D55E00'>found: " + esc(", ".join(self.found)) + "</b>") + "</p>"]
+                  else "<b style='color:#D55E00'>found: " + esc(", ".join(self.found)) + "</b>")
+               + "</p>"]
         out.append("<table><tr><th>status</th><th>symptom</th><th>evidence</th><th>chapter</th>"
                    "<th>fixes, best first</th></tr>")
         for v in self.verdicts.values():
-            fixes = "; ".join(f"{i + 1}. {esc(f)} ({esc(c)})" for i, (f, c) in enumerate(v.fixes)) if v.found else ""
-            out.append(f"<tr><td style='color:{colour[v.status]}'><b>{v.status}</b></td><td>{esc(v.symptom)}</td>"
-                       f"<td>{esc(v.evidence)}</td><td>{esc(v.chapter)}</td><td>{fixes}</td></tr>")
+            fixes = (
+                "; ".join(f"{i + 1}. {esc(f)} ({esc(c)})" for i, (f, c) in enumerate(v.fixes))
+                if v.found else ""
+            )
+            out.append(f"<tr><td style='color:{colour[v.status]}'><b>{v.status}</b></td>"
+                       f"<td>{esc(v.symptom)}</td><td>{esc(v.evidence)}</td>"
+                       f"<td>{esc(v.chapter)}</td><td>{fixes}</td></tr>")
         out.append("</table>")
-        for head, rows in ((self._LAYER_HEAD, self._layer_rows()), (self._ACT_HEAD, self._act_rows())):
+        for head, rows in (
+            (self._LAYER_HEAD, self._layer_rows()), (self._ACT_HEAD, self._act_rows())
+        ):
             if not rows:
                 continue
             out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>")
@@ -316,14 +349,19 @@ class Report:
 
         if ax is None:
             _, ax = plt.subplots()
-        g = np.array([r["grad_norm"] if r["grad_norm"] is not None else np.nan for r in self.layers], dtype=float)
+        g = np.array(
+            [r["grad_norm"] if r["grad_norm"] is not None else np.nan for r in self.layers],
+            dtype=float,
+        )
         idx = np.arange(1, len(g) + 1)
         ok = np.isfinite(g) & (g > 0)
         c = color or PALETTE[0]
         ax.plot(idx[ok], g[ok], marker="o", ms=3, color=c, label=label)
         ax.set_yscale("log")
         lo, hi = self.thresholds["vanishing_ratio"], self.thresholds["exploding_ratio"]
-        ratio = np.array([r["grad_ratio"] if r["grad_ratio"] is not None else np.nan for r in self.layers])
+        ratio = np.array(
+            [r["grad_ratio"] if r["grad_ratio"] is not None else np.nan for r in self.layers]
+        )
         bad = ok & ((ratio < lo) | (ratio > hi))
         if bad.any():
             ax.plot(idx[bad], g[bad], ls="none", marker="x", ms=7, color=COLORS["linear"],
@@ -332,7 +370,8 @@ class Report:
         if dead.any():
             bottom = g[ok].min() / 10 if ok.any() else 1e-45
             ax.plot(idx[dead], np.full(dead.sum(), bottom), ls="none", marker="s", mfc="none", ms=6,
-                    color=COLORS["linear"], label="gradient all zero or non-finite" if mark_legend else None)
+                    color=COLORS["linear"],
+                    label="gradient all zero or non-finite" if mark_legend else None)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.set_xlabel("weight matrix (1 = nearest the input)")
         ax.set_ylabel("gradient norm ‖∂L/∂W‖")
@@ -350,9 +389,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _norm(t: torch.Tensor, dim: list[int] | None = None) -> torch.Tensor:
     """Euclidean norm computed on ``t / max|t|``, so that it cannot underflow.
 
-    A plain float32 norm squares its entries: every entry below about 1e-19 squares to below the smallest normal
-    float32 and the norm of a tiny, but non-zero, gradient comes out as exactly zero (a 50-layer sigmoid network
-    shows this). Dividing by the largest magnitude first keeps the squares in range.
+    A plain float32 norm squares its entries: every entry below about 1e-19 squares to below the
+    smallest normal float32 and the norm of a tiny, but non-zero, gradient comes out as exactly
+    zero (a 50-layer sigmoid network shows this). Dividing by the largest magnitude first keeps the
+    squares in range.
     """
     t = t.detach().float()
     peak = t.abs().amax()
@@ -362,7 +402,8 @@ def _norm(t: torch.Tensor, dim: list[int] | None = None) -> torch.Tensor:
 
 
 def _spread(t: torch.Tensor) -> float:
-    """Standard deviation of ``t`` (rescaled like :func:`_norm`); the absolute value for a single entry."""
+    """Standard deviation of ``t`` (rescaled like :func:`_norm`); the absolute value for a single
+    entry."""
     t = t.detach().float()
     if t.numel() < 2:
         return float(t.abs().reshape(()))
@@ -373,7 +414,8 @@ def _spread(t: torch.Tensor) -> float:
 
 
 def _unscale(g: torch.Tensor | None, scale: float) -> torch.Tensor | None:
-    """The gradient in float32 with the loss scale divided out (no copy when there is nothing to do)."""
+    """The gradient in float32 with the loss scale divided out (no copy when there is nothing to
+    do)."""
     if g is None:
         return None
     g = g.detach().float()
@@ -381,7 +423,8 @@ def _unscale(g: torch.Tensor | None, scale: float) -> torch.Tensor | None:
 
 
 def low_precision_floor(dtype: torch.dtype) -> float:
-    """The smallest positive normal number of ``dtype``: gradients below it lose precision or flush to zero."""
+    """The smallest positive normal number of ``dtype``: gradients below it lose precision or flush
+    to zero."""
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     return float(torch.finfo(dtype).tiny)
@@ -413,7 +456,7 @@ class _Recorder:
         self.names = {m: n for n, m in model.named_modules()}
         self.records: list[dict[str, Any]] = []
         self.handles = []
-        self._max = {}
+        self._max: dict[tuple[type, str], float] = {}
         for m in model.modules():
             if isinstance(m, SATURATING + RECTIFIERS):
                 self.handles.append(m.register_forward_hook(self._activation))
@@ -458,8 +501,9 @@ class _Recorder:
             return
         h = states.detach().float()
         relu = getattr(module, "nonlinearity", "tanh") == "relu"
-        # The last hidden state of an RNN is the nonlinearity's output: tanh' = 1 - h^2, relu' = [h > 0].
-        # LSTM hidden states are o * tanh(c), so 1 - h^2 only bounds their saturation from below.
+        # The last hidden state of an RNN is the nonlinearity's output: tanh' = 1 - h^2,
+        # relu' = [h > 0]. LSTM hidden states are o * tanh(c), so 1 - h^2 only bounds their
+        # saturation from below.
         self.records.append({
             "name": self.names[module],
             "kind": type(module).__name__ + ("(relu)" if relu else "(tanh)"),
@@ -477,19 +521,23 @@ def _time_dim(model: nn.Module, inputs: Any, time_dim: int | str | None) -> int 
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         if time_dim == "auto":
             return None
-        raise ValueError("time_dim needs the inputs to be one floating-point tensor (a batch of sequences)")
+        raise ValueError(
+            "time_dim needs the inputs to be one floating-point tensor (a batch of sequences)"
+        )
     if time_dim == "auto":
         cores = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
         if not cores or x.dim() != 3:
             return None
         return 1 if cores[0].batch_first else 0
     if isinstance(time_dim, bool) or not isinstance(time_dim, int) or not 0 <= time_dim < x.dim():
-        raise ValueError(f"time_dim must be 'auto', None or a dimension of the inputs (0..{x.dim() - 1}), "
-                         f"got {time_dim!r}")
+        raise ValueError(f"time_dim must be 'auto', None or a dimension of the inputs "
+                         f"(0..{x.dim() - 1}), got {time_dim!r}")
     return time_dim
 
 
-def _forward_backward(model, inputs, targets, loss_fn, recorder_threshold, time_dim, record=True, scale=1.0):
+def _forward_backward(
+    model, inputs, targets, loss_fn, recorder_threshold, time_dim, record=True, scale=1.0
+):
     """One forward and backward pass of ``scale * loss``.
 
     Returns (loss, {name: raw scaled grad or None}, activation records, input grad).
@@ -518,16 +566,24 @@ def _forward_backward(model, inputs, targets, loss_fn, recorder_threshold, time_
                                  f"{type(err).__name__}: {err}") from err
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                raise ValueError(f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. .mean())")
+                raise ValueError(
+                    f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. .mean())"
+                )
             if not loss.requires_grad:
                 raise ValueError("the loss does not depend on any parameter that requires grad")
             wanted = [p for _, p in params] + ([leaf] if leaf is not None else [])
-            grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, wanted, allow_unused=True)
+            grads = torch.autograd.grad(
+                loss * scale if scale != 1.0 else loss, wanted, allow_unused=True
+            )
     finally:
         if recorder is not None:
             recorder.remove()
-    named = {n: g for (n, _), g in zip(params, grads, strict=False)}  # grads may end with the input's
-    return loss.detach(), named, (recorder.records if recorder else []), (grads[-1] if leaf is not None else None)
+    # grads may end with the input's
+    named = {n: g for (n, _), g in zip(params, grads, strict=False)}
+    return (
+        loss.detach(), named, (recorder.records if recorder else []),
+        (grads[-1] if leaf is not None else None),
+    )
 
 
 def _check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float]:
@@ -542,8 +598,13 @@ def _check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"thresholds[{k!r}] must be a positive number, got {v!r}")
         out[k] = float(v)
-    if not out["saturation_derivative"] < 1 or not out["saturated_share"] <= 1 or not out["dead_share"] <= 1:
-        raise ValueError("thresholds: saturation_derivative must be < 1, saturated_share and dead_share <= 1")
+    if (
+        not out["saturation_derivative"] < 1 or not out["saturated_share"] <= 1
+        or not out["dead_share"] <= 1
+    ):
+        raise ValueError(
+            "thresholds: saturation_derivative must be < 1, saturated_share and dead_share <= 1"
+        )
     if not out["vanishing_ratio"] < out["exploding_ratio"]:
         raise ValueError("thresholds: vanishing_ratio must be smaller than exploding_ratio")
     return out
@@ -587,22 +648,31 @@ def checkup(
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("model has no parameters that require grad: there is no gradient to measure")
+        raise ValueError(
+            "model has no parameters that require grad: there is no gradient to measure"
+        )
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}"
                          + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
     if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable (outputs, targets) -> scalar, got {type(loss_fn).__name__}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+        raise ValueError(
+            f"loss_fn must be callable (outputs, targets) -> scalar, got {type(loss_fn).__name__}"
+        )
+    if (
+        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0
+        or not math.isfinite(lr)
+    ):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if train is not None and not isinstance(train, bool):
         raise ValueError(f"train must be True, False or None, got {train!r}")
-    if time_dim is not None and time_dim != "auto" and (isinstance(time_dim, bool) or not isinstance(time_dim, int)):
+    if time_dim is not None and time_dim != "auto" and (
+        isinstance(time_dim, bool) or not isinstance(time_dim, int)
+    ):
         raise ValueError(f"time_dim must be 'auto', None or an int, got {time_dim!r}")
-    if (isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0
-            or not math.isfinite(loss_scale)):
+    if (isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float))
+            or not loss_scale > 0 or not math.isfinite(loss_scale)):
         raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
     th = _check_thresholds(thresholds)
     dtype = _model_dtype(model)
@@ -612,13 +682,18 @@ def checkup(
     if not weights:
         raise ValueError("model has no weight matrices (parameters with 2+ dimensions) to measure")
 
-    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None})
+    devices = sorted(
+        {p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None}
+    )
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     with torch.random.fork_rng(devices=devices), probes.preserved(model, train):
         try:
-            with torch.random.fork_rng(devices=devices):  # the float32 reference then sees the same dropout
-                loss, grads, acts, xgrad = _forward_backward(model, inputs, targets, loss_fn,
-                                                             th["saturation_derivative"], tdim, scale=loss_scale)
+            # the float32 reference then sees the same dropout
+            with torch.random.fork_rng(devices=devices):
+                loss, grads, acts, xgrad = _forward_backward(
+                    model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
+                    scale=loss_scale,
+                )
             flushed = None
             raw = grads
             grads = {n: _unscale(g, loss_scale) for n, g in raw.items()}
@@ -626,8 +701,10 @@ def checkup(
                 xgrad = _unscale(xgrad, loss_scale)
             if reference and dtype in (torch.float16, torch.bfloat16):
                 ref = copy.deepcopy(model).float()
-                _, ref_grads, _, _ = _forward_backward(ref, _cast_floats(inputs, torch.float32), targets,
-                                                       loss_fn, th["saturation_derivative"], None, record=False)
+                _, ref_grads, _, _ = _forward_backward(
+                    ref, _cast_floats(inputs, torch.float32), targets, loss_fn,
+                    th["saturation_derivative"], None, record=False,
+                )
                 flushed = {n: ref_grads.get(n) for n in weights}
             losses = _sgd_losses(model, inputs, targets, loss_fn, lr, steps) if steps else []
         finally:
@@ -637,10 +714,13 @@ def checkup(
                         b.copy_(buffers[n])
 
     params = dict(model.named_parameters())
-    # The update-to-weight ratio of probes.update_ratios, std(lr * g) / std(W), computed here in float32
-    # from the unscaled gradient (probes reads .grad, which the checkup must not touch, and which a
-    # float16 model could not even hold unscaled).
-    updates = {n: lr * _spread(grads[n]) / max(_spread(params[n]), 1e-30) for n in weights if grads[n] is not None}
+    # The update-to-weight ratio of probes.update_ratios, std(lr * g) / std(W), computed here in
+    # float32 from the unscaled gradient (probes reads .grad, which the checkup must not touch, and
+    # which a float16 model could not even hold unscaled).
+    updates = {
+        n: lr * _spread(grads[n]) / max(_spread(params[n]), 1e-30)
+        for n in weights if grads[n] is not None
+    }
 
     tiny = low_precision_floor(dtype)
     last = next((grads[n] for n in reversed(weights) if grads[n] is not None), None)
@@ -648,9 +728,11 @@ def checkup(
     layers = []
     for n in weights:
         g, w, graw = grads[n], params[n].detach(), raw[n]
-        row: dict[str, Any] = {"name": n, "shape": list(w.shape), "weight_norm": float(_norm(w))}
+        row: dict[str, Any] = {"name": n, "shape": list(w.shape),
+                               "weight_norm": float(_norm(w))}
         if g is None:  # the parameter does not influence this loss
-            row.update(grad_norm=None, grad_ratio=None, update_ratio=None, zero=None, subnormal=None, nonfinite=0)
+            row.update(grad_norm=None, grad_ratio=None, update_ratio=None, zero=None,
+                       subnormal=None, nonfinite=0)
         else:
             a = graw.detach().abs()  # what the dtype stores: the scaled gradient
             size = a.numel()
@@ -669,9 +751,10 @@ def checkup(
             if g is None or r is None:
                 row["flushed"] = None
             else:
-                # entries whose (scaled) float32 value lies below the low precision's normal range: the
-                # dtype stores them as subnormals with few significant bits, or as zero. Judged on the
-                # float32 magnitudes, so rounding differences between the two passes do not count.
+                # entries whose (scaled) float32 value lies below the low precision's normal
+                # range: the dtype stores them as subnormals with few significant bits, or as zero.
+                # Judged on the float32 magnitudes, so rounding differences between the two passes
+                # do not count.
                 ref = r.detach().abs() * loss_scale
                 row["flushed"] = float(((ref > 0) & (ref < tiny)).float().mean())
         layers.append(row)
@@ -683,8 +766,9 @@ def checkup(
 
     model_has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th, model_has_rnn)
-    return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr), layers=layers,
-                  activations=acts, time_profile=time_profile, verdicts=verdicts, losses=losses, thresholds=th)
+    return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
+                  layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
+                  losses=losses, thresholds=th)
 
 
 def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
@@ -715,7 +799,10 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
     out: dict[str, Verdict] = {}
 
     def verdict(symptom, found, evidence, *, in_time=False):
-        fixes = _fixes(symptom, recurrent=recurrent, saturating=saturating, in_time=in_time) if found else []
+        fixes = (
+            _fixes(symptom, recurrent=recurrent, saturating=saturating, in_time=in_time)
+            if found else []
+        )
         chapter = "09_lstm" if (symptom == "vanishing" and in_time) else _CHAPTERS[symptom]
         out[symptom] = Verdict(symptom, found, evidence, chapter, fixes)
 
@@ -732,16 +819,18 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
                          f"(first: {silent[0]['name']})")
             found = True
         if worst is not None:
-            parts.append(f"smallest layer/last gradient ratio {_fmt(worst['grad_ratio'])} at {worst['name']} "
-                         f"(threshold {lo:g})")
+            parts.append(f"smallest layer/last gradient ratio {_fmt(worst['grad_ratio'])} "
+                         f"at {worst['name']} (threshold {lo:g})")
             found |= worst["grad_ratio"] < lo
         if t_ratio is not None:
-            parts.append(f"first/last time-step gradient ratio {_fmt(t_ratio)} over {len(time_profile)} steps")
+            parts.append(f"first/last time-step gradient ratio {_fmt(t_ratio)} "
+                         f"over {len(time_profile)} steps")
             if t_ratio < lo:
                 found, in_time = True, True
         verdict("vanishing", found, "; ".join(parts), in_time=in_time)
 
-    # exploding: a layer's gradient far above the last one's, or one SGD step moving a layer too far
+    # exploding: a layer's gradient far above the last one's, or one SGD step moving a layer too
+    # far
     finite_ratios = [r for r in measured if math.isfinite(r["grad_ratio"])]
     ups = [r for r in layers if r["update_ratio"] is not None and math.isfinite(r["update_ratio"])]
     if not finite_ratios and not ups:
@@ -750,7 +839,8 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
         parts, found = [], False
         if finite_ratios:
             top = max(finite_ratios, key=lambda r: r["grad_ratio"])
-            parts.append(f"largest layer/last ratio {_fmt(top['grad_ratio'])} at {top['name']} (threshold {hi:g})")
+            parts.append(f"largest layer/last ratio {_fmt(top['grad_ratio'])} at {top['name']} "
+                         f"(threshold {hi:g})")
             found |= top["grad_ratio"] > hi
         if t_ratio is not None and math.isfinite(t_ratio) and t_ratio > hi:
             parts.append(f"first/last time-step ratio {_fmt(t_ratio)}")
@@ -762,7 +852,8 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
             found |= big["update_ratio"] > th["update_ratio"]
         verdict("exploding", found, "; ".join(parts))
 
-    # saturation: sigmoid/tanh-like layers (and tanh recurrent cores) with most entries on the flat tails
+    # saturation: sigmoid/tanh-like layers (and tanh recurrent cores) with most entries on the flat
+    # tails
     sat = [a for a in acts if a["saturated"] is not None]
     if not sat:
         verdict("saturation", None, "no sigmoid/tanh-like units found")
@@ -780,8 +871,8 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
         mean_dead = sum(a["dead"] for a in rect) / len(rect)
         worst = max(rect, key=lambda a: a["dead"])
         verdict("dead", mean_dead > th["dead_share"],
-                f"mean dead share {mean_dead:.2f} over {len(rect)} layers, largest {worst['dead']:.2f} at "
-                f"{worst['name']} (threshold {th['dead_share']:g})")
+                f"mean dead share {mean_dead:.2f} over {len(rect)} layers, "
+                f"largest {worst['dead']:.2f} at {worst['name']} (threshold {th['dead_share']:g})")
 
     # underflow: gradient entries that the dtype cannot represent as normal numbers
     with_grad = [r for r in layers if r["subnormal"] is not None]
@@ -793,14 +884,18 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
         share = worst.get(key) or 0.0
         what = "below the normal range (float32 pass)" if key == "flushed" else "subnormal"
         verdict("underflow", share > th["underflow_share"],
-                f"largest share {what} {share:.2f} at {worst['name']} in {str(dtype).replace('torch.', '')} "
-                f"(threshold {th['underflow_share']:g})")
+                f"largest share {what} {share:.2f} at {worst['name']} "
+                f"in {str(dtype).replace('torch.', '')} (threshold {th['underflow_share']:g})")
 
     # non-finite: inf or nan in the loss or any gradient
     bad = [r for r in layers if r["nonfinite"]]
     if not math.isfinite(loss) or bad:
-        where = f"first at {bad[0]['name']} ({bad[0]['nonfinite']} entries)" if bad else "in the loss only"
-        verdict("nonfinite", True, f"loss {_fmt(loss)}; {len(bad)} layers with inf/nan gradients, {where}")
+        where = (
+            f"first at {bad[0]['name']} ({bad[0]['nonfinite']} entries)" if bad
+            else "in the loss only"
+        )
+        verdict("nonfinite", True,
+                f"loss {_fmt(loss)}; {len(bad)} layers with inf/nan gradients, {where}")
     else:
         verdict("nonfinite", False, "loss and all gradients finite")
     return out

@@ -39,7 +39,9 @@ def digits(
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    xtr, xte, ytr, yte = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
     mean, std = xtr.mean(axis=0), xtr.std(axis=0)
     # A pixel that is blank in every training image has no spread: leave it unscaled
     # (dividing by a tiny epsilon would turn a rare test-set stroke into a 1e6 outlier).

@@ -1,4 +1,5 @@
-"""The one-neuron recurrent network of Doya (1992): fixed points, bifurcations, sensitivities, the loss wall.
+"""The one-neuron recurrent network of Doya (1992): fixed points, bifurcations, sensitivities,
+the loss wall.
 
 The network is the discrete map
 
@@ -16,6 +17,7 @@ thousands of biases or starting points run as one computation.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +56,9 @@ def _tensor(value: Number, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=dtype)
 
 
-def step(x: Number, *, w: Number, b: Number, eps: float, u: Number = 0.0, w_in: Number = 1.0) -> torch.Tensor:
+def step(
+    x: Number, *, w: Number, b: Number, eps: float, u: Number = 0.0, w_in: Number = 1.0
+) -> torch.Tensor:
     """One step of the map: (1-ε)x + ε σ(w x + b) + ε w' u (broadcasting over tensors)."""
     eps = _check_eps(eps)
     x = _tensor(x)
@@ -135,7 +139,8 @@ def sensitivities(
 
 
 def fixed_point_bias(x: Number, *, w: Number) -> torch.Tensor:
-    """The bias b = logit(x) - w x for which x is a fixed point: the whole fixed-point curve, x in (0, 1)."""
+    """The bias b = logit(x) - w x for which x is a fixed point: the whole fixed-point curve,
+    x in (0, 1)."""
     x = _tensor(x)
     if bool(((x <= 0) | (x >= 1)).any()):
         raise ValueError("x must lie strictly between 0 and 1 (fixed points of x = σ(wx+b) do)")
@@ -176,7 +181,8 @@ def flow_slope(x: Number, *, w: Number) -> torch.Tensor:
 
 
 def is_stable(x: Number, *, w: Number) -> torch.Tensor:
-    """Whether the fixed point x attracts: w x(1-x) < 1 (for the flow and for the map with ε ≤ 1)."""
+    """Whether the fixed point x attracts: w x(1-x) < 1 (for the flow and for the map with
+    ε ≤ 1)."""
     return flow_slope(x, w=w) < 0
 
 
@@ -187,7 +193,10 @@ def fold_points(*, w: float) -> list[tuple[float, float]]:
     Between their b values the neuron has three fixed points (two stable).
     """
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 4:
-        raise ValueError(f"w must be a number > 4 (for w <= 4 the fixed point is unique and nothing folds), got {w!r}")
+        raise ValueError(
+            "w must be a number > 4 (for w <= 4 the fixed point is unique and nothing folds), "
+            f"got {w!r}"
+        )
     root = math.sqrt(1 - 4 / w)
     out = []
     for x in ((1 - root) / 2, (1 + root) / 2):
@@ -214,7 +223,8 @@ def wall_loss(
     eps: float = 0.1,
     steps: int = 300,
 ) -> torch.Tensor:
-    """The loss L(b) = (target - x(T))² of the geometric model (the source's w = 5, x(0) = 0.5, u = 0)."""
+    """The loss L(b) = (target - x(T))² of the geometric model (the source's w = 5, x(0) = 0.5,
+    u = 0)."""
     return (target - simulate(x0, w=w, b=b, eps=eps, steps=steps)) ** 2
 
 
@@ -227,15 +237,16 @@ def descend(
     w0: Number | None = None,
     **loss_kwargs: object,
 ) -> dict[str, torch.Tensor]:
-    """Gradient descent on b (and on w when ``w0`` is given) for :func:`wall_loss`, batched over starts.
+    """Gradient descent on b (and on w when ``w0`` is given) for :func:`wall_loss`, batched over
+    starts.
 
     ``clip`` rescales each run's gradient to norm at most ``clip`` before the
     step (gradient-norm clipping, Pascanu et al. 2013); ``None`` is plain
     descent, and a tensor gives each run its own threshold (``inf``: no clipping).
     ``loss_kwargs`` (``x0``, ``target``, ``eps``, ``steps``) go to :func:`wall_loss`;
-    gradients come from :func:`sensitivities`. Returns the parameter and loss histories (``b``, ``w``, ``loss``,
-    ``grad_norm``), each of shape (iters+1, *batch); ``grad_norm`` is the norm
-    before clipping and its last row repeats the previous one.
+    gradients come from :func:`sensitivities`. Returns the parameter and loss
+    histories (``b``, ``w``, ``loss``, ``grad_norm``), each of shape (iters+1, *batch);
+    ``grad_norm`` is the norm before clipping and its last row repeats the previous one.
     """
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
@@ -244,17 +255,20 @@ def descend(
     if isinstance(clip, torch.Tensor):
         if bool((clip <= 0).any()):
             raise ValueError("clip must be positive (inf for no clipping) in every entry")
-    elif clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+    elif clip is not None and (
+        isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
+    ):
         raise ValueError(f"clip must be a positive number, a tensor of them, or None, got {clip!r}")
     unknown = set(loss_kwargs) - {"x0", "target", "eps", "steps"}
     if unknown:
         raise ValueError(
-            f"unknown keyword(s) {sorted(unknown)}; allowed: x0, target, eps, steps (pass the weight as w0)"
+            f"unknown keyword(s) {sorted(unknown)}; allowed: x0, target, eps, steps "
+            "(pass the weight as w0)"
         )
-    opts = {"x0": 0.5, "target": 0.855, "eps": 0.1, "steps": 300, **loss_kwargs}
+    opts: dict[str, Any] = {"x0": 0.5, "target": 0.855, "eps": 0.1, "steps": 300, **loss_kwargs}
     b = _tensor(b0).detach().clone()
     train_w = w0 is not None
-    w = _tensor(w0 if train_w else 5.0).detach().clone() * torch.ones_like(b)
+    w = _tensor(w0 if w0 is not None else 5.0).detach().clone() * torch.ones_like(b)
     b = b * torch.ones_like(w)
     hist: dict[str, list[torch.Tensor]] = {"b": [], "w": [], "loss": [], "grad_norm": []}
     for i in range(iters + 1):
@@ -270,7 +284,10 @@ def descend(
         hist["grad_norm"].append(norm)
         if i == iters:
             break
-        scale = torch.ones_like(norm) if clip is None else torch.clamp(clip / norm.clamp_min(1e-300), max=1.0)
+        scale = (
+            torch.ones_like(norm) if clip is None
+            else torch.clamp(clip / norm.clamp_min(1e-300), max=1.0)
+        )
         b = b - lr * scale * gb
         w = w - lr * scale * gw
     return {k: torch.stack(v) for k, v in hist.items()}

@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["surprise_sequences", "WindowPredictor", "train_predictor", "next_symbol_probs", "compress"]
+__all__ = [
+    "surprise_sequences", "WindowPredictor", "train_predictor", "next_symbol_probs", "compress",
+]
 
 
 def _int(name: str, value: object, low: int) -> int:
@@ -62,7 +64,8 @@ def surprise_sequences(
 
 
 class WindowPredictor(nn.Module):
-    """Predicts input x_t from the ``window`` inputs before it (zeros before the sequence starts)."""
+    """Predicts input x_t from the ``window`` inputs before it (zeros before the sequence
+    starts)."""
 
     def __init__(self, symbols: int, *, window: int = 1, hidden: int = 32):
         super().__init__()
@@ -70,12 +73,16 @@ class WindowPredictor(nn.Module):
         _int("window", window, 1)
         _int("hidden", hidden, 1)
         self.symbols, self.window = symbols, window
-        self.net = nn.Sequential(nn.Linear(symbols * window, hidden), nn.Tanh(), nn.Linear(hidden, symbols))
+        self.net = nn.Sequential(
+            nn.Linear(symbols * window, hidden), nn.Tanh(), nn.Linear(hidden, symbols)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for every step of ``x`` (batch, time, symbols), each from the steps before it."""
         if x.dim() != 3 or x.shape[2] != self.symbols:
-            raise ValueError(f"input must have shape (batch, time, {self.symbols}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"input must have shape (batch, time, {self.symbols}), got {tuple(x.shape)}"
+            )
         b, t, s = x.shape
         padded = torch.cat([x.new_zeros(b, self.window, s), x], dim=1)
         # Context for step t: steps t-window .. t-1, oldest first.
@@ -84,10 +91,16 @@ class WindowPredictor(nn.Module):
 
 
 def train_predictor(
-    model: WindowPredictor, inputs: torch.Tensor, *, steps: int, lr: float = 0.01, batch_size: int = 64,
+    model: WindowPredictor,
+    inputs: torch.Tensor,
+    *,
+    steps: int,
+    lr: float = 0.01,
+    batch_size: int = 64,
     generator: torch.Generator | None = None,
 ) -> list[float]:
-    """Train the lower level to predict each next input (cross-entropy, Adam); returns the loss per step."""
+    """Train the lower level to predict each next input (cross-entropy, Adam); returns the
+    loss per step."""
     if not isinstance(model, WindowPredictor):
         raise ValueError(f"model must be a WindowPredictor, got {type(model).__name__}")
     _int("steps", steps, 1)
@@ -108,7 +121,8 @@ def train_predictor(
 
 
 def next_symbol_probs(model: WindowPredictor, inputs: torch.Tensor) -> torch.Tensor:
-    """The probability the predictor gave to the symbol that actually came, per step: (batch, time)."""
+    """The probability the predictor gave to the symbol that actually came, per step:
+    (batch, time)."""
     with torch.no_grad():
         p = torch.softmax(model(inputs), dim=2)
     return (p * inputs).sum(dim=2)
@@ -129,8 +143,8 @@ def compress(
     """
     if inputs.dim() != 3 or probs.shape != inputs.shape[:2]:
         raise ValueError(
-            f"inputs must be (batch, time, features) and probs (batch, time); got {tuple(inputs.shape)}"
-            f" and {tuple(probs.shape)}"
+            f"inputs must be (batch, time, features) and probs (batch, time); "
+            f"got {tuple(inputs.shape)} and {tuple(probs.shape)}"
         )
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")

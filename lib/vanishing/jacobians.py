@@ -79,10 +79,13 @@ def unroll(
     _check_activation(activation)
     n = _check_square(w_rec)
     if x0.shape[-1] != n or b.shape[-1] != n:
-        raise ValueError(f"x0 and b must end in the state size n={n}, got {tuple(x0.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"x0 and b must end in the state size n={n}, got {tuple(x0.shape)} and {tuple(b.shape)}"
+        )
     if inputs.dim() < 2 or w_in.shape[-2] != n or w_in.shape[-1] != inputs.shape[-1]:
         raise ValueError(
-            f"inputs must be (..., T, m) and w_in (..., {n}, m), got {tuple(inputs.shape)} and {tuple(w_in.shape)}"
+            f"inputs must be (..., T, m) and w_in (..., {n}, m), "
+            f"got {tuple(inputs.shape)} and {tuple(w_in.shape)}"
         )
     states = [x0]
     x = x0
@@ -93,7 +96,9 @@ def unroll(
     return torch.stack(states, dim=-2)
 
 
-def step_jacobians(states: torch.Tensor, *, w_rec: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
+def step_jacobians(
+    states: torch.Tensor, *, w_rec: torch.Tensor, activation: str = "sigmoid"
+) -> torch.Tensor:
     """The step Jacobians ∂x_t/∂x_{t-1} = W_rec diag(σ'(x_{t-1})) for t = 1, ..., T.
 
     ``states`` is what :func:`unroll` returns, (..., T+1, n); the result has
@@ -101,7 +106,9 @@ def step_jacobians(states: torch.Tensor, *, w_rec: torch.Tensor, activation: str
     """
     n = _check_square(w_rec)
     if states.dim() < 2 or states.shape[-1] != n or states.shape[-2] < 2:
-        raise ValueError(f"states must have shape (..., T+1, {n}) with T >= 1, got {tuple(states.shape)}")
+        raise ValueError(
+            f"states must have shape (..., T+1, {n}) with T >= 1, got {tuple(states.shape)}"
+        )
     d = derivative(states[..., :-1, :], activation)
     return w_rec.unsqueeze(-3) * d.unsqueeze(-2)
 
@@ -152,7 +159,9 @@ def bptt_terms(
     """
     n = _check_square(w_rec)
     if states.dim() < 2 or states.shape[-1] != n or states.shape[-2] < 2:
-        raise ValueError(f"states must have shape (..., T+1, {n}) with T >= 1, got {tuple(states.shape)}")
+        raise ValueError(
+            f"states must have shape (..., T+1, {n}) with T >= 1, got {tuple(states.shape)}"
+        )
     if grad_last.shape[-1] != n:
         raise ValueError(f"grad_last must end in n={n}, got shape {tuple(grad_last.shape)}")
     jac = step_jacobians(states, w_rec=w_rec, activation=activation)

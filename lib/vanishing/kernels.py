@@ -39,7 +39,9 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 
-__all__ = ["PINNED", "ANOTHER_CPU", "KERNEL_SETS", "KERNELS_ENV", "pin", "pinned", "environment", "check"]
+__all__ = [
+    "PINNED", "ANOTHER_CPU", "KERNEL_SETS", "KERNELS_ENV", "pin", "pinned", "environment", "check",
+]
 
 #: Environment variable that turns the pin off (``native``) or on (``pinned``, the default).
 KERNELS_ENV = "VANISHING_KERNELS"
@@ -61,7 +63,8 @@ ANOTHER_CPU: dict[str, str] = {
     "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F,-AVX512BW,-AVX512CD,-AVX512DQ,-AVX512VL",
 }
 
-#: The kernel sets a tool can ask for by name (``tools/kernels.py``, ``tools/check_reproducible.py``).
+#: The kernel sets a tool can ask for by name (``tools/kernels.py``,
+#: ``tools/check_reproducible.py``).
 KERNEL_SETS = ("pinned", "another-cpu", "native")
 
 # Modules that had already chosen their kernels when pin() ran (then the pin is too late for them).
@@ -69,10 +72,16 @@ _late: list[str] = []
 
 
 def pinned(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether ``environ`` (default: this process's) wants the pin (``VANISHING_KERNELS`` unset or ``pinned``)."""
-    value = (os.environ if environ is None else environ).get(KERNELS_ENV, "pinned").strip().lower() or "pinned"
+    """Whether ``environ`` (default: this process's) wants the pin (``VANISHING_KERNELS``
+    unset or ``pinned``)."""
+    value = (
+        (os.environ if environ is None else environ).get(KERNELS_ENV, "pinned").strip().lower()
+        or "pinned"
+    )
     if value not in ("pinned", "native"):
-        raise ValueError(f"{KERNELS_ENV}={value!r} is not a kernel choice; allowed: 'pinned', 'native'")
+        raise ValueError(
+            f"{KERNELS_ENV}={value!r} is not a kernel choice; allowed: 'pinned', 'native'"
+        )
     return value == "pinned"
 
 
@@ -129,9 +138,9 @@ def check() -> str | None:
     wanted = os.environ.get("ATEN_CPU_CAPABILITY", PINNED["ATEN_CPU_CAPABILITY"]).upper()
     got = torch.backends.cpu.get_cpu_capability()
     if got != wanted:
-        return (f"torch runs {got} kernels, not the book's {wanted}: torch computed something before "
-                "`import vanishing`, or this CPU lacks the instructions")
+        return (f"torch runs {got} kernels, not the book's {wanted}: torch computed something "
+                "before `import vanishing`, or this CPU lacks the instructions")
     if "numpy" in _late:
-        return ("NumPy was imported (perhaps by torch) before `import vanishing`, so its AVX-512 loops "
-                "are not switched off")
+        return ("NumPy was imported (perhaps by torch) before `import vanishing`, so its AVX-512 "
+                "loops are not switched off")
     return None

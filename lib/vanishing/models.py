@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -53,7 +54,9 @@ def _gain(act: str) -> float:
     return 1.0
 
 
-def init_weights(layer: nn.Linear, init: str | Callable[[torch.Tensor], None], act: str = "linear") -> None:
+def init_weights(
+    layer: nn.Linear, init: str | Callable[[torch.Tensor], None], act: str = "linear"
+) -> None:
     """Initialize ``layer`` in place with scheme ``init`` for an ``act`` nonlinearity.
 
     ``"xavier"``: variance 2/(fan_in+fan_out) (Glorot & Bengio 2010);
@@ -96,11 +99,14 @@ class Block(nn.Module):
     ``I + J_f``, the "+1 path" that lets gradients skip the block.
     """
 
-    def __init__(self, in_features: int, out_features: int, act: str, norm: str | None, residual: bool):
+    def __init__(
+        self, in_features: int, out_features: int, act: str, norm: str | None, residual: bool
+    ):
         super().__init__()
         if residual and in_features != out_features:
             raise ValueError(
-                f"residual=True needs in_features == out_features, got {in_features} and {out_features}"
+                "residual=True needs in_features == out_features, "
+                f"got {in_features} and {out_features}"
             )
         self.linear = nn.Linear(in_features, out_features)
         if norm == "batch":
@@ -126,9 +132,10 @@ class MLP(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.blocks[0].linear.in_features:
+        first = cast(Block, self.blocks[0])
+        if x.dim() != 2 or x.shape[1] != first.linear.in_features:
             raise ValueError(
-                f"input must have shape (batch, {self.blocks[0].linear.in_features}), got {tuple(x.shape)}"
+                f"input must have shape (batch, {first.linear.in_features}), got {tuple(x.shape)}"
             )
         for block in self.blocks:
             x = block(x)
@@ -136,7 +143,7 @@ class MLP(nn.Module):
 
     def linears(self) -> list[nn.Linear]:
         """The network's Linear layers from input to output (read-out last)."""
-        return [b.linear for b in self.blocks] + [self.head]
+        return [cast(Block, b).linear for b in self.blocks] + [self.head]
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -186,7 +193,9 @@ def mlp(
         if isinstance(branch_scale, bool) or not isinstance(branch_scale, (int, float)) or not (
             0 <= branch_scale < math.inf
         ):
-            raise ValueError(f"branch_scale must be a finite number >= 0 or None, got {branch_scale!r}")
+            raise ValueError(
+                f"branch_scale must be a finite number >= 0 or None, got {branch_scale!r}"
+            )
     blocks = [
         Block(in_features if i == 0 else width, width, activation, norm, residual and i > 0)
         for i in range(depth)
@@ -214,7 +223,11 @@ def _fans(w: torch.Tensor) -> tuple[int, int]:
     return int(w.shape[1]), int(w.shape[0])
 
 
-def normal_init(*, mean: float | Callable[[int], float] = 0.0, std: float | Callable[[int, int], float] | None = None) -> Init:
+def normal_init(
+    *,
+    mean: float | Callable[[int], float] = 0.0,
+    std: float | Callable[[int, int], float] | None = None,
+) -> Init:
     """Return an initializer drawing weights from a Gaussian N(mean, std^2).
 
     ``mean`` is a number or a function of fan-in; ``std`` a number, a function
@@ -223,8 +236,12 @@ def normal_init(*, mean: float | Callable[[int], float] = 0.0, std: float | Call
     """
     if not (callable(mean) or isinstance(mean, (int, float))) or isinstance(mean, bool):
         raise ValueError(f"mean must be a number or a function of fan_in, got {mean!r}")
-    if std is not None and not callable(std) and (isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0):
-        raise ValueError(f"std must be a positive number, a function of (fan_in, fan_out) or None, got {std!r}")
+    if std is not None and not callable(std) and (
+        isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0
+    ):
+        raise ValueError(
+            f"std must be a positive number, a function of (fan_in, fan_out) or None, got {std!r}"
+        )
 
     def init(w: torch.Tensor) -> None:
         fan_in, fan_out = _fans(w)
@@ -253,14 +270,15 @@ def kumar_std(fan_in: int, activation: str = "sigmoid") -> float:
         return math.sqrt(2.0 / fan_in)
     if activation not in ("sigmoid", "tanh", "gelu", "silu"):
         raise ValueError(
-            f"activation={activation!r} has no Kumar standard deviation here; allowed: sigmoid, tanh, gelu, silu, relu"
+            f"activation={activation!r} has no Kumar standard deviation here; "
+            "allowed: sigmoid, tanh, gelu, silu, relu"
         )
     with torch.enable_grad():  # initializers run under no_grad
         z = torch.zeros(1, dtype=torch.float64, requires_grad=True)
         g0 = ACTIVATIONS[activation]()(z)
         (d0,) = torch.autograd.grad(g0.sum(), z)
-    g0, d0 = float(g0.detach()), float(d0)
-    return math.sqrt(1.0 / (fan_in * d0**2 * (1.0 + g0**2)))
+    g, d = float(g0.detach()), float(d0)
+    return math.sqrt(1.0 / (fan_in * d**2 * (1.0 + g**2)))
 
 
 def kumar_init(activation: str = "sigmoid") -> Init:
@@ -280,5 +298,6 @@ def yilmaz_poli_mean(fan_in: int) -> float:
 
 
 def yilmaz_poli_init(*, std: float | Callable[[int, int], float] | None = None) -> Init:
-    """Initializer with mean :func:`yilmaz_poli_mean` and spread ``std`` (as in :func:`normal_init`)."""
+    """Initializer with mean :func:`yilmaz_poli_mean` and spread ``std`` (as in
+    :func:`normal_init`)."""
     return normal_init(mean=yilmaz_poli_mean, std=std)

@@ -81,7 +81,8 @@ def format_info(fmt: str) -> dict[str, float | int | bool | str]:
 
 
 def repeated_product(factor: float, steps: int, *, fmt: str = "float32") -> np.ndarray:
-    """``factor**k`` for ``k = 0, 1, ..., steps``, multiplied one factor at a time in format ``fmt``.
+    """``factor**k`` for ``k = 0, 1, ..., steps``, multiplied one factor at a time in format
+    ``fmt``.
 
     The factor itself is first rounded to the format (0.25 is exact in all of
     them; 0.3 is not). Each partial product is rounded to the format, as in a
@@ -89,7 +90,10 @@ def repeated_product(factor: float, steps: int, *, fmt: str = "float32") -> np.n
     float64 NumPy array of length ``steps + 1`` holding the rounded values.
     """
     dtype, _ = _check_format(fmt)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+    if (
+        isinstance(factor, bool) or not isinstance(factor, (int, float))
+        or not math.isfinite(factor)
+    ):
         raise ValueError(f"factor must be a finite number, got {factor!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
@@ -102,14 +106,18 @@ def repeated_product(factor: float, steps: int, *, fmt: str = "float32") -> np.n
     for k in range(1, steps + 1):
         p = p * f
         if not native:
-            # float32 holds the product of two float8 numbers exactly: one rounding is correct rounding.
+            # float32 holds the product of two float8 numbers exactly: one rounding is correct
+            # rounding.
             p = p.to(dtype).to(work)
         out[k] = float(p)
     return out
 
 
-def underflow_steps(factor: float, *, fmt: str = "float32", max_steps: int = 2000) -> tuple[int | None, int | None]:
-    """First number of factors ``k`` at which ``factor**k`` is subnormal, and first at which it is exactly 0.
+def underflow_steps(
+    factor: float, *, fmt: str = "float32", max_steps: int = 2000
+) -> tuple[int | None, int | None]:
+    """First number of factors ``k`` at which ``factor**k`` is subnormal, and first at which it
+    is exactly 0.
 
     Computed with :func:`repeated_product`; ``factor`` must lie strictly
     between 0 and 1 (a shrinking product). Either entry is ``None`` when it

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.rcsetup import cycler  # what mpl.cycler is; matplotlib's stubs omit that name
 
 __all__ = ["PALETTE", "COLORS", "style", "color", "layer_profile"]
 
@@ -43,7 +44,7 @@ def style() -> None:
             "figure.facecolor": "white",
             "axes.facecolor": "white",
             "savefig.facecolor": "white",
-            "axes.prop_cycle": mpl.cycler(color=PALETTE),
+            "axes.prop_cycle": cycler(color=PALETTE),
             "axes.grid": True,
             "grid.alpha": 0.3,
             "axes.spines.top": False,
@@ -78,7 +79,9 @@ def layer_profile(
     Zeros (a gradient that underflowed) cannot sit on a log axis; they are
     drawn as open markers on the bottom edge so they are seen, not hidden.
     """
-    vals = np.asarray(list(values.values()) if isinstance(values, dict) else list(values), dtype=float)
+    vals = np.asarray(
+        list(values.values()) if isinstance(values, dict) else list(values), dtype=float
+    )
     if vals.ndim != 1 or len(vals) == 0:
         raise ValueError("values must be a non-empty sequence of numbers, one per layer")
     layers = np.arange(1, len(vals) + 1)
@@ -86,8 +89,11 @@ def layer_profile(
     positive = vals > 0
     ax.plot(layers[positive], vals[positive], marker=marker, ms=3, label=label, color=c)
     if (~positive).any():
-        ax.plot(layers[~positive], np.full((~positive).sum(), ax.get_ylim()[0] if positive.any() else 1e-45),
-                ls="none", marker=marker, mfc="none", color=c)
+        ax.plot(
+            layers[~positive],
+            np.full((~positive).sum(), ax.get_ylim()[0] if positive.any() else 1e-45),
+            ls="none", marker=marker, mfc="none", color=c,
+        )
     ax.set_yscale("log")
     ax.set_xlabel("layer (1 = nearest the input)")
     ax.set_ylabel(ylabel)

@@ -1,4 +1,5 @@
-"""Numbers on hardware: floating-point formats, where a shrinking gradient underflows, and how fast a machine multiplies.
+"""Numbers on hardware: floating-point formats, where a shrinking gradient underflows, and how
+fast a machine multiplies.
 
 A vanishing gradient is a mathematical fact; whether it becomes *exactly
 zero* is a fact about the number format the hardware computes in. This
@@ -81,7 +82,8 @@ def format_info(name: str) -> dict[str, float | int | str]:
 def power_underflow_depth(
     factor: float, name: str, *, flush_to_zero: bool = False, max_depth: int = 100_000
 ) -> int:
-    """The smallest ``n`` for which multiplying 1 by ``factor`` ``n`` times, in format ``name``, gives exactly 0.
+    """The smallest ``n`` for which multiplying 1 by ``factor`` ``n`` times, in format ``name``,
+    gives exactly 0.
 
     Each product is rounded to the format, as a chain of layers would round
     it. ``flush_to_zero=True`` emulates hardware that replaces every subnormal
@@ -99,14 +101,19 @@ def power_underflow_depth(
     value = torch.tensor(1.0, dtype=dtype)
     step = torch.tensor(factor, dtype=dtype)
     if step == 0 or step == 1:
-        raise ValueError(f"factor={factor!r} rounds to {float(step)} in {name}; pick a factor the format can hold")
+        raise ValueError(
+            f"factor={factor!r} rounds to {float(step)} in {name}; "
+            "pick a factor the format can hold"
+        )
     for n in range(1, max_depth + 1):
         value = value * step
         if flush_to_zero and abs(float(value)) < tiny:
             value = torch.zeros((), dtype=dtype)
         if value == 0:
             return n
-    raise ValueError(f"no underflow within max_depth={max_depth} multiplications by {factor} in {name}")
+    raise ValueError(
+        f"no underflow within max_depth={max_depth} multiplications by {factor} in {name}"
+    )
 
 
 def layer_grad_norms(
@@ -122,8 +129,8 @@ def layer_grad_norms(
     A copy of the model and the inputs are cast to the format, the loss
     (cross-entropy, evaluated in float32 from the low-precision logits) is
     multiplied by ``loss_scale`` before the backward pass, and each gradient
-    is divided by ``loss_scale`` afterwards *in float64* (norms by :func:`safe_norm`): this is static loss
-    scaling (Micikevicius et al. 2018). A gradient that underflowed during
+    is divided by ``loss_scale`` afterwards *in float64* (norms by :func:`safe_norm`):
+    this is static loss scaling (Micikevicius et al. 2018). A gradient that underflowed during
     the backward pass stays exactly zero after unscaling. Input layer first.
     """
     if not isinstance(model, nn.Module):
@@ -142,7 +149,8 @@ def layer_grad_norms(
 
 
 def zero_depth(norms: list[float]) -> int | None:
-    """Counting layers back from the output (output layer = 1), the first whose gradient is exactly zero.
+    """Counting layers back from the output (output layer = 1), the first whose gradient is
+    exactly zero.
 
     ``None`` when no gradient is zero. ``norms`` lists the layers input first,
     as :func:`layer_grad_norms` returns them.
@@ -155,7 +163,13 @@ def zero_depth(norms: list[float]) -> int | None:
     return None
 
 
-def time_call(fn: Callable[[], object], *, repeat: int = 10, warmup: int = 2, device: torch.device | str = "cpu") -> float:
+def time_call(
+    fn: Callable[[], object],
+    *,
+    repeat: int = 10,
+    warmup: int = 2,
+    device: torch.device | str = "cpu",
+) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` untimed ones.
 
     On CUDA the device is synchronized around each run, because kernels are
@@ -163,8 +177,13 @@ def time_call(fn: Callable[[], object], *, repeat: int = 10, warmup: int = 2, de
     The result depends on the machine and its load: never store it as a fixed number.
     """
     for label, value in (("repeat", repeat), ("warmup", warmup)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if label == "repeat" else 0):
-            raise ValueError(f"{label} must be an int >= {1 if label == 'repeat' else 0}, got {value!r}")
+        if (
+            isinstance(value, bool) or not isinstance(value, int)
+            or value < (1 if label == "repeat" else 0)
+        ):
+            raise ValueError(
+                f"{label} must be an int >= {1 if label == 'repeat' else 0}, got {value!r}"
+            )
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -183,7 +202,8 @@ def time_call(fn: Callable[[], object], *, repeat: int = 10, warmup: int = 2, de
 def matmul_throughput(
     n: int, *, name: str = "float32", device: torch.device | str = "cpu", repeat: int = 5
 ) -> float:
-    """Measured floating-point operations per second of an ``n`` x ``n`` matrix product in format ``name``.
+    """Measured floating-point operations per second of an ``n`` x ``n`` matrix product in
+    format ``name``.
 
     Counts ``2 n^3`` operations per product (one multiply and one add per term),
     the convention vendors use for peak figures. Machine-dependent.

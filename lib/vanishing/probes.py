@@ -82,7 +82,8 @@ def safe_norm(tensor: torch.Tensor) -> float:
 
 
 def _spread(t: torch.Tensor) -> float | None:
-    """Standard deviation across the batch (dim 0) of each feature, averaged over features, in float64."""
+    """Standard deviation across the batch (dim 0) of each feature, averaged over features, in
+    float64."""
     if t.dim() == 0 or t.shape[0] < 2:
         return None
     t = t.detach().to(torch.float64).reshape(t.shape[0], -1)
@@ -94,10 +95,13 @@ def _rms(t: torch.Tensor) -> float:
 
 
 def _first_tensor(obj: Any) -> torch.Tensor | None:
-    """The first floating-point tensor in a module's input or output (tensor, tuple, dict or ModelOutput)."""
+    """The first floating-point tensor in a module's input or output (tensor, tuple, dict or
+    ModelOutput)."""
     if isinstance(obj, torch.Tensor):
         return obj if obj.is_floating_point() else None
-    items = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else ()
+    items = (
+        obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else ()
+    )
     for item in items:
         found = _first_tensor(item)
         if found is not None:
@@ -106,7 +110,8 @@ def _first_tensor(obj: Any) -> torch.Tensor | None:
 
 
 def call(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)``: a tuple or list is passed as positional arguments, a dict as keyword arguments."""
+    """``model(inputs)``: a tuple or list is passed as positional arguments, a dict as keyword
+    arguments."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (list, tuple)):
@@ -116,7 +121,8 @@ def call(model: nn.Module, inputs: Any) -> Any:
 
 @dataclass(frozen=True)
 class Signal:
-    """What one layer receives and sends back on one batch (``None``: does not apply or was not reached).
+    """What one layer receives and sends back on one batch (``None``: does not apply or was not
+    reached).
 
     ``input_rms``/``input_spread`` describe the forward signal arriving at the
     layer (the spread is each feature's standard deviation across the batch,
@@ -161,7 +167,8 @@ def _own_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _max_derivative(module: nn.Module, cache: dict) -> float:
-    """The largest derivative the activation reaches, found on a fine grid (cached per configuration)."""
+    """The largest derivative the activation reaches, found on a fine grid (cached per
+    configuration)."""
     key = type(module), repr(module)
     if key not in cache:
         z = torch.linspace(-20, 20, 40001, requires_grad=True)
@@ -173,15 +180,19 @@ def _max_derivative(module: nn.Module, cache: dict) -> float:
 
 def _activation_shares(module: nn.Module, x: torch.Tensor, threshold: float, cache: dict
                        ) -> tuple[float, float]:
-    """(saturated, dead) for an activation module's input ``x``: the share of entries whose derivative
-    is below ``threshold`` times the activation's largest, and the share of units whose derivative is
-    zero for every example of the batch."""
+    """(saturated, dead) for an activation module's input ``x``: the share of entries whose
+    derivative is below ``threshold`` times the activation's largest, and the share of units whose
+    derivative is zero for every example of the batch."""
     with torch.enable_grad():
         z = x.detach().float().clone().requires_grad_(True)
-        # forward(), not __call__: no hooks, no recursion; on a copy, which an in-place module may overwrite
+        # forward(), not __call__: no hooks, no recursion; on a copy, which an in-place module may
+        # overwrite
         (d,) = torch.autograd.grad(module.forward(z.clone()).sum(), z)
     d = d.abs()
-    return float((d < threshold * _max_derivative(module, cache)).float().mean()), _all_zero_share(d == 0)
+    return (
+        float((d < threshold * _max_derivative(module, cache)).float().mean()),
+        _all_zero_share(d == 0),
+    )
 
 
 def _unit_dim(t: torch.Tensor) -> int:
@@ -257,7 +268,9 @@ def preserved(model: nn.Module, train: bool | None = None) -> Iterator[None]:
     flags = [(m, m.training) for m in model.modules()]
     values = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]
     grads = [(p, p.grad) for p in model.parameters()]
-    devices = sorted({t.device.index for t, _ in values if t.device.type == "cuda" and t.device.index is not None})
+    devices = sorted({
+        t.device.index for t, _ in values if t.device.type == "cuda" and t.device.index is not None
+    })
     with torch.random.fork_rng(devices=devices):
         if train is not None:
             model.train(train)
@@ -283,7 +296,8 @@ def signals(
     train: bool | None = None,
     threshold: float = 0.1,
 ) -> list[Signal]:
-    """Forward and backward signal of every layer of ``model`` on one batch, in the order the layers run.
+    """Forward and backward signal of every layer of ``model`` on one batch, in the order the
+    layers run.
 
     ``inputs`` is a tensor, a tuple of positional arguments or a dict of keyword
     arguments; the loss is ``loss_fn(model(inputs), targets)``, or, without a
@@ -300,13 +314,19 @@ def signals(
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("model has no parameters that require grad: there is no gradient to measure")
+        raise ValueError(
+            "model has no parameters that require grad: there is no gradient to measure"
+        )
     if loss_fn is not None and not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable (outputs, targets) -> scalar or None, got {loss_fn!r}")
+        raise ValueError(
+            f"loss_fn must be callable (outputs, targets) -> scalar or None, got {loss_fn!r}"
+        )
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        raise ValueError(
+            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+        )
     layers, grad_of, steps = _measure(model, inputs, targets, loss_fn, optimizer, train, threshold)
     out = []
     for module, layer in layers.items():
@@ -333,8 +353,9 @@ def signals(
     return out
 
 
-def _std_ratio(steps: list[torch.Tensor], weights: list[torch.Tensor]) -> float | None:
-    """std(step) / std(weights) over all of a layer's weights (the update-to-data ratio); float64."""
+def _std_ratio(steps: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> float | None:
+    """std(step) / std(weights) over all of a layer's weights (the update-to-data ratio);
+    float64."""
     step = torch.cat([s.detach().double().reshape(-1) for s in steps])
     w = torch.cat([p.detach().double().reshape(-1) for p in weights])
     if step.numel() < 2 or float(w.std()) == 0:
@@ -345,10 +366,12 @@ def _std_ratio(steps: list[torch.Tensor], weights: list[torch.Tensor]) -> float 
 def _measure(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable | None,
              optimizer: torch.optim.Optimizer | None, train: bool | None, threshold: float
              ) -> tuple[dict[nn.Module, _Layer], dict[torch.Tensor, torch.Tensor | None], dict]:
-    """The one forward and backward pass behind every measurement: hooks, gradients, an optional step."""
+    """The one forward and backward pass behind every measurement: hooks, gradients, an optional
+    step."""
     names = {m: n for n, m in model.named_modules()}
     measured = [m for m in model.modules()
-                if isinstance(m, ACTIVATION_TYPES) or any(p.requires_grad for p in m.parameters(recurse=False))]
+                if isinstance(m, ACTIVATION_TYPES)
+                or any(p.requires_grad for p in m.parameters(recurse=False))]
     layers: dict[nn.Module, _Layer] = {}  # insertion order: the order of first calls
     cache: dict = {}
 
@@ -362,7 +385,8 @@ def _measure(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable | No
         n = float(x.numel())
         layer.add("input_ms", _rms(x) ** 2, n)
         layer.add("input_spread", _spread(x))
-        if isinstance(module, ACTIVATION_TYPES):  # before the module runs: an in-place one overwrites x
+        # before the module runs: an in-place one overwrites x
+        if isinstance(module, ACTIVATION_TYPES):
             saturated, dead = _activation_shares(module, x, threshold, cache)
             if isinstance(module, SATURATING):
                 layer.add("saturated", saturated, n)
@@ -395,7 +419,9 @@ def _measure(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable | No
         finally:
             for h in handles:
                 h.remove()
-        grad_of = {p: g for p, g in zip(params, grads, strict=True)}
+        grad_of: dict[torch.Tensor, torch.Tensor | None] = {
+            p: g for p, g in zip(params, grads, strict=True)
+        }
         steps = _optimizer_steps(optimizer, grad_of) if optimizer is not None else {}
     return layers, grad_of, steps
 
@@ -404,7 +430,7 @@ def _sqrt(x: float | None) -> float | None:
     return None if x is None else math.sqrt(x)
 
 
-def _joint_norm(tensors: list[torch.Tensor]) -> float:
+def _joint_norm(tensors: Sequence[torch.Tensor]) -> float:
     return math.sqrt(sum(safe_norm(t) ** 2 for t in tensors))
 
 
@@ -419,14 +445,19 @@ def _loss(output: Any, targets: Any, loss_fn: Callable | None) -> torch.Tensor:
             raise ValueError("loss_fn is None and the model's output has no 'loss': pass a loss_fn")
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ValueError(f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. .mean())")
+        raise ValueError(
+            f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. .mean())"
+        )
     if not loss.requires_grad:
         raise ValueError("the loss does not depend on any parameter that requires grad")
     return loss
 
 
-def _optimizer_steps(optimizer: torch.optim.Optimizer, grad_of: dict) -> dict[torch.Tensor, torch.Tensor]:
-    """One optimizer step on the measured gradients; returns each parameter's change (the caller restores)."""
+def _optimizer_steps(
+    optimizer: torch.optim.Optimizer, grad_of: dict
+) -> dict[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the measured gradients; returns each parameter's change (the caller
+    restores)."""
     state = copy.deepcopy(optimizer.state_dict())
     held = [p for group in optimizer.param_groups for p in group["params"]]
     before = {p: p.detach().clone() for p in held}
@@ -473,9 +504,12 @@ def grad_norms(
     if not matrices:
         raise ValueError("model has no weight matrices (parameters with 2+ dimensions) to measure")
     layers, grad_of, _ = _measure(model, inputs, targets, loss_fn, None, train, 0.1)
-    ran = [p for m in layers for p in m.parameters(recurse=False) if p.dim() >= 2 and p.requires_grad]
-    order = list(dict.fromkeys(ran + matrices))  # layers that never ran (or are not hooked) come last
-    return {names[p]: 0.0 if grad_of.get(p) is None else safe_norm(grad_of[p]) for p in order}
+    ran = [
+        p for m in layers for p in m.parameters(recurse=False) if p.dim() >= 2 and p.requires_grad
+    ]
+    # layers that never ran (or are not hooked) come last
+    order = list(dict.fromkeys(ran + matrices))
+    return {names[p]: 0.0 if (g := grad_of.get(p)) is None else safe_norm(g) for p in order}
 
 
 def activation_stats(
@@ -485,7 +519,8 @@ def activation_stats(
     threshold: float = 0.1,
     train: bool | None = None,
 ) -> list[dict[str, float | str]]:
-    """Statistics of every activation module's output on one batch, in forward order (no backward pass).
+    """Statistics of every activation module's output on one batch, in forward order (no
+    backward pass).
 
     For each layer: ``name``, ``kind`` (the module class), ``mean`` and ``std`` of
     its output, ``saturated`` - the fraction of (example, unit) entries whose
@@ -509,10 +544,13 @@ def activation_stats(
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         out = output.detach().float()
         saturated, dead = _activation_shares(module, inputs_of.pop(module), threshold, cache)
-        stats.append({"name": names[module], "kind": type(module).__name__, "mean": float(out.mean()),
-                      "std": float(out.std()) if out.numel() > 1 else 0.0, "saturated": saturated, "dead": dead})
+        stats.append({"name": names[module], "kind": type(module).__name__,
+                      "mean": float(out.mean()),
+                      "std": float(out.std()) if out.numel() > 1 else 0.0,
+                      "saturated": saturated, "dead": dead})
 
-    # An in-place activation overwrites its input before a forward hook sees it: a pre-hook keeps a copy.
+    # An in-place activation overwrites its input before a forward hook sees it: a pre-hook keeps
+    # a copy.
     inputs_of: dict[nn.Module, torch.Tensor] = {}
     handles = []
     for m in model.modules():
@@ -532,7 +570,8 @@ def activation_stats(
 
 
 def update_ratios(model: nn.Module, lr: float) -> dict[str, float]:
-    """For each weight matrix with a gradient: std(lr * grad) / std(weight), the update-to-data ratio.
+    """For each weight matrix with a gradient: std(lr * grad) / std(weight), the update-to-data
+    ratio.
 
     Uses the ``.grad`` already stored on the model (call ``loss.backward()`` first).
     A healthy layer moves by roughly 1e-3 of its scale per step; orders of
@@ -545,7 +584,10 @@ def update_ratios(model: nn.Module, lr: float) -> dict[str, float]:
     for n, p in model.named_parameters():
         if p.dim() >= 2 and p.grad is not None:
             # float64: the spread of a 1e-20 gradient would underflow when squared in float32.
-            out[n] = float((lr * p.grad.detach().double()).std() / p.detach().double().std().clamp_min(1e-300))
+            out[n] = float(
+                (lr * p.grad.detach().double()).std()
+                / p.detach().double().std().clamp_min(1e-300)
+            )
     if not out:
         raise ValueError("no weight matrix has a .grad: call loss.backward() before update_ratios")
     return out
@@ -588,15 +630,22 @@ def gradient_profile(
         ).to(inputs.device))
     from . import sweeps  # here, not at the top: sweeps itself builds on this module
 
-    stacked_loss = {nn.functional.cross_entropy: "cross_entropy", nn.functional.mse_loss: "mse"}.get(loss_fn)
+    stacked_loss = {
+        nn.functional.cross_entropy: "cross_entropy", nn.functional.mse_loss: "mse"
+    }.get(loss_fn)
     if norm != "batch" and stacked_loss is not None:
-        return sweeps.grad_norms_batched(sweeps.stack_mlps(nets), inputs, targets, loss=stacked_loss).numpy()
+        return sweeps.grad_norms_batched(
+            sweeps.stack_mlps(nets), inputs, targets, loss=stacked_loss
+        ).numpy()
     return np.asarray([list(grad_norms(net, inputs, targets, loss_fn, train=train).values())
                        for net in nets], dtype=float)
 
 
-def inactive_fraction(model: nn.Module, inputs: torch.Tensor, *, train: bool | None = None) -> list[float]:
-    """Per activation layer: the fraction of units whose input is <= 0 for every example of ``inputs``.
+def inactive_fraction(
+    model: nn.Module, inputs: torch.Tensor, *, train: bool | None = None
+) -> list[float]:
+    """Per activation layer: the fraction of units whose input is <= 0 for every example of
+    ``inputs``.
 
     For a ReLU such a unit is dead: it outputs zero and passes no gradient for
     the whole batch. For a leaky ReLU it is merely "off": it still passes a
@@ -609,7 +658,9 @@ def inactive_fraction(model: nn.Module, inputs: torch.Tensor, *, train: bool | N
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         seen.append(args[0].detach())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)
+    ]
     if not handles:
         raise ValueError("model has no activation modules of a known type")
     try:
@@ -639,7 +690,9 @@ def gradient_predictiveness(
     The model is measured in train mode (batch statistics) and left unchanged.
     """
     if len(etas) == 0 or any(not e > 0 for e in etas):
-        raise ValueError(f"etas must be a non-empty sequence of positive step sizes, got {list(etas)!r}")
+        raise ValueError(
+            f"etas must be a non-empty sequence of positive step sizes, got {list(etas)!r}"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
 
@@ -656,7 +709,9 @@ def gradient_predictiveness(
                 for p, s, g in zip(params, saved, g0, strict=True):
                     p.copy_(s - eta * g)
             loss, g1 = grad_at()
-            change = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(g1, g0, strict=True)))
+            change = math.sqrt(
+                sum(float(((a - b) ** 2).sum()) for a, b in zip(g1, g0, strict=True))
+            )
             losses.append(loss)
             changes.append(change)
             ratios.append(change / (eta * gnorm) if gnorm > 0 else 0.0)

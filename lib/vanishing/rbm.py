@@ -16,6 +16,8 @@ Everything here is explicit tensor algebra (no autograd), so it reads like the p
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -45,10 +47,13 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Binary samples with probabilities ``p``; works with a CPU generator for tensors on any device."""
+    """Binary samples with probabilities ``p``; works with a CPU generator for tensors on any
+    device."""
     if generator is None or generator.device == p.device:
         return torch.bernoulli(p, generator=generator)
-    return (torch.rand(p.shape, generator=generator, device=generator.device).to(p.device) < p).to(p.dtype)
+    return (
+        torch.rand(p.shape, generator=generator, device=generator.device).to(p.device) < p
+    ).to(p.dtype)
 
 
 def _positive_float(name: str, value: object) -> float:
@@ -72,7 +77,9 @@ class RBM(nn.Module):
         _positive_int("hidden", hidden)
         if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
             raise ValueError(f"init_std must be a non-negative number, got {init_std!r}")
-        self.W = nn.Parameter(torch.randn(hidden, visible, generator=generator) * init_std, requires_grad=False)
+        self.W = nn.Parameter(
+            torch.randn(hidden, visible, generator=generator) * init_std, requires_grad=False
+        )
         self.b_v = nn.Parameter(torch.zeros(visible), requires_grad=False)
         self.b_h = nn.Parameter(torch.zeros(hidden), requires_grad=False)
 
@@ -99,12 +106,16 @@ class RBM(nn.Module):
         return torch.sigmoid(h @ self.W + self.b_v)
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
-        """F(v) = -b·v - sum_j softplus(c_j + W_j·v), so that p(v) = exp(-F(v)) / Z. One value per row."""
+        """F(v) = -b·v - sum_j softplus(c_j + W_j·v), so that p(v) = exp(-F(v)) / Z. One value
+        per row."""
         self._check(v, self.visible, "v")
         return -(v @ self.b_v) - nn.functional.softplus(v @ self.W.T + self.b_h).sum(dim=1)
 
-    def gibbs(self, v: torch.Tensor, steps: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run ``steps`` sweeps of block Gibbs sampling v -> h -> v; returns binary visible samples."""
+    def gibbs(
+        self, v: torch.Tensor, steps: int, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Run ``steps`` sweeps of block Gibbs sampling v -> h -> v; returns binary visible
+        samples."""
         _positive_int("steps", steps)
         for _ in range(steps):
             h = _bernoulli(self.hidden_probs(v), generator)
@@ -112,7 +123,8 @@ class RBM(nn.Module):
         return v
 
     def reconstruct(self, v: torch.Tensor) -> torch.Tensor:
-        """Mean-field reconstruction v -> p(h|v) -> p(v|h), the quantity behind reconstruction error."""
+        """Mean-field reconstruction v -> p(h|v) -> p(v|h), the quantity behind reconstruction
+        error."""
         return self.visible_probs(self.hidden_probs(v))
 
 
@@ -183,7 +195,8 @@ def _all_states(n: int, device: torch.device) -> torch.Tensor:
 
 
 def log_partition(rbm: RBM) -> float:
-    """log Z of ``rbm``, summed exactly over the smaller layer (at most :data:`MAX_ENUMERATE` units).
+    """log Z of ``rbm``, summed exactly over the smaller layer (at most :data:`MAX_ENUMERATE`
+    units).
 
     Summing out the other layer analytically leaves 2**min(visible, hidden)
     terms, each computed in log space so nothing overflows.
@@ -193,7 +206,8 @@ def log_partition(rbm: RBM) -> float:
     small = min(rbm.visible, rbm.hidden)
     if small > MAX_ENUMERATE:
         raise ValueError(
-            f"log_partition enumerates 2**{small} states; allowed: at most {MAX_ENUMERATE} units on the smaller side"
+            f"log_partition enumerates 2**{small} states; "
+            f"allowed: at most {MAX_ENUMERATE} units on the smaller side"
         )
     with torch.no_grad():
         w, bv, bh = rbm.W.double(), rbm.b_v.double(), rbm.b_h.double()
@@ -207,14 +221,16 @@ def log_partition(rbm: RBM) -> float:
 
 
 def log_likelihood(rbm: RBM, v: torch.Tensor, *, log_z: float | None = None) -> torch.Tensor:
-    """Exact log p(v) = -F(v) - log Z for each row of ``v`` (``log_z`` may be passed to reuse it)."""
+    """Exact log p(v) = -F(v) - log Z for each row of ``v`` (``log_z`` may be passed to reuse
+    it)."""
     if log_z is None:
         log_z = log_partition(rbm)
     return -rbm.free_energy(v).double() - log_z
 
 
 class DBN(nn.Module):
-    """A deep belief net: a stack of RBMs, the visible layer of each the hidden layer of the one below.
+    """A deep belief net: a stack of RBMs, the visible layer of each the hidden layer of the one
+    below.
 
     The top two layers form an undirected RBM; the connections below it are
     directed and generative, with the weights each RBM learned.
@@ -226,49 +242,65 @@ class DBN(nn.Module):
             raise ValueError("rbms must be a non-empty list of RBM")
         for lower, upper in zip(rbms, rbms[1:], strict=False):
             if upper.visible != lower.hidden:
-                raise ValueError(f"layer sizes do not chain: {lower.hidden} hidden units feed {upper.visible} visible")
+                raise ValueError(
+                    f"layer sizes do not chain: {lower.hidden} hidden units "
+                    f"feed {upper.visible} visible"
+                )
         self.rbms = nn.ModuleList(rbms)
 
     def up(self, v: torch.Tensor, layers: int | None = None) -> torch.Tensor:
-        """Propagate probabilities p(h|v) upward through the first ``layers`` RBMs (all by default)."""
+        """Propagate probabilities p(h|v) upward through the first ``layers`` RBMs (all by
+        default)."""
         layers = len(self.rbms) if layers is None else layers
-        if isinstance(layers, bool) or not isinstance(layers, int) or not 0 <= layers <= len(self.rbms):
+        if (
+            isinstance(layers, bool) or not isinstance(layers, int)
+            or not 0 <= layers <= len(self.rbms)
+        ):
             raise ValueError(f"layers must be an int in [0, {len(self.rbms)}], got {layers!r}")
-        for r in self.rbms[:layers]:
+        for r in cast("Sequence[RBM]", self.rbms[:layers]):
             v = r.hidden_probs(v)
         return v
 
     def down(self, h: torch.Tensor) -> torch.Tensor:
-        """From states of the top RBM's visible layer, sweep the directed weights down to pixel probabilities."""
-        for r in reversed(self.rbms[:-1]):
+        """From states of the top RBM's visible layer, sweep the directed weights down to pixel
+        probabilities."""
+        for r in reversed(cast("Sequence[RBM]", self.rbms[:-1])):
             h = r.visible_probs(h)
         return h
 
     def reconstruct(self, v: torch.Tensor) -> torch.Tensor:
         """Up to the top hidden layer and back down, all in probabilities (mean field)."""
-        top = self.rbms[-1]
+        top = cast(RBM, self.rbms[-1])
         return self.down(top.visible_probs(top.hidden_probs(self.up(v, len(self.rbms) - 1))))
 
     def sample(self, n: int, *, gibbs_steps: int = 200, generator: torch.Generator | None = None,
                start: torch.Tensor | None = None) -> torch.Tensor:
-        """The ancestral pass: ``gibbs_steps`` of Gibbs sampling in the top RBM, then one sweep down.
+        """The ancestral pass: ``gibbs_steps`` of Gibbs sampling in the top RBM, then one sweep
+        down.
 
         ``start`` (states of the top RBM's visible layer) seeds the chains; by
         default they start from fair coin flips. Returns pixel probabilities.
         """
         _positive_int("n", n)
         _positive_int("gibbs_steps", gibbs_steps)
-        top = self.rbms[-1]
+        top = cast(RBM, self.rbms[-1])
         if start is None:
             start = _bernoulli(torch.full((n, top.visible), 0.5, device=top.W.device), generator)
         elif start.shape != (n, top.visible):
-            raise ValueError(f"start must have shape ({n}, {top.visible}), got {tuple(start.shape)}")
+            raise ValueError(
+                f"start must have shape ({n}, {top.visible}), got {tuple(start.shape)}"
+            )
         v = top.gibbs(start, gibbs_steps, generator=generator)
         return self.down(v)
 
 
 def train_dbn(
-    data: torch.Tensor, sizes: list[int], *, epochs: int, generator: torch.Generator | None = None, **kwargs
+    data: torch.Tensor,
+    sizes: list[int],
+    *,
+    epochs: int,
+    generator: torch.Generator | None = None,
+    **kwargs,
 ) -> tuple[DBN, list[dict[str, list[float]]]]:
     """Greedy layer-wise training: fit an RBM per entry of ``sizes`` on the layer below's p(h|v).
 
@@ -288,31 +320,38 @@ def train_dbn(
 def _two_layer(dbn: DBN) -> tuple[RBM, RBM]:
     if not isinstance(dbn, DBN) or len(dbn.rbms) != 2:
         raise ValueError("dbn must be a DBN of exactly two RBMs")
-    return dbn.rbms[0], dbn.rbms[1]
+    return cast(RBM, dbn.rbms[0]), cast(RBM, dbn.rbms[1])
 
 
 def _log_p_h1(r1: RBM, r2: RBM) -> tuple[torch.Tensor, torch.Tensor]:
     # Every state of the middle layer and its log-probability under the top RBM.
     if r1.hidden > MAX_ENUMERATE:
-        raise ValueError(f"the middle layer has {r1.hidden} units; allowed: at most {MAX_ENUMERATE}")
+        raise ValueError(
+            f"the middle layer has {r1.hidden} units; allowed: at most {MAX_ENUMERATE}"
+        )
     h = _all_states(r1.hidden, r1.W.device)
     return h, log_likelihood(r2, h)
 
 
 def dbn_log_likelihood(dbn: DBN, v: torch.Tensor) -> torch.Tensor:
-    """Exact log p(v) = log sum_h p(h) p(v|h) of a two-layer DBN, summing over every middle-layer state."""
+    """Exact log p(v) = log sum_h p(h) p(v|h) of a two-layer DBN, summing over every
+    middle-layer state."""
     r1, r2 = _two_layer(dbn)
     h, log_ph = _log_p_h1(r1, r2)
     logits = (h @ r1.W + r1.b_v).double()  # (states, visible)
     vv = v.double()
-    log_pv_h = vv @ nn.functional.logsigmoid(logits).T + (1 - vv) @ nn.functional.logsigmoid(-logits).T
+    log_pv_h = (
+        vv @ nn.functional.logsigmoid(logits).T + (1 - vv) @ nn.functional.logsigmoid(-logits).T
+    )
     return torch.logsumexp(log_pv_h + log_ph, dim=1)
 
 
 def dbn_bound(dbn: DBN, v: torch.Tensor) -> torch.Tensor:
-    """The variational lower bound of Hinton et al. (2006, eq. 11) on log p(v), with q(h|v) the first RBM's posterior.
+    """The variational lower bound of Hinton et al. (2006, eq. 11) on log p(v), with q(h|v) the
+    first RBM's posterior.
 
-    bound = sum_h q(h|v) [log p(h) + log p(v|h)] + H(q), computed exactly over all middle-layer states.
+    bound = sum_h q(h|v) [log p(h) + log p(v|h)] + H(q), computed exactly over all middle-layer
+    states.
     """
     r1, r2 = _two_layer(dbn)
     h, log_ph = _log_p_h1(r1, r2)
@@ -321,14 +360,17 @@ def dbn_bound(dbn: DBN, v: torch.Tensor) -> torch.Tensor:
     log_q = hd @ torch.log(q).T + (1 - hd) @ torch.log1p(-q).T  # (states, batch)
     logits = (h @ r1.W + r1.b_v).double()
     vv = v.double()
-    log_pv_h = vv @ nn.functional.logsigmoid(logits).T + (1 - vv) @ nn.functional.logsigmoid(-logits).T
+    log_pv_h = (
+        vv @ nn.functional.logsigmoid(logits).T + (1 - vv) @ nn.functional.logsigmoid(-logits).T
+    )
     weights = torch.exp(log_q)
     entropy = -(q * torch.log(q) + (1 - q) * torch.log1p(-q)).sum(dim=1)
     return (weights * (log_ph[:, None] + log_pv_h.T)).sum(dim=0) + entropy
 
 
 def init_from_dbn(model: nn.Module, dbn: DBN) -> None:
-    """Copy a DBN's recognition weights into the first hidden blocks of a :func:`vanishing.models.mlp`.
+    """Copy a DBN's recognition weights into the first hidden blocks of a
+    :func:`vanishing.models.mlp`.
 
     Block i gets the weights W and hidden biases of RBM i, so the network's
     forward pass computes the DBN's upward probabilities; the remaining blocks
@@ -339,12 +381,15 @@ def init_from_dbn(model: nn.Module, dbn: DBN) -> None:
         raise ValueError(f"dbn must be a DBN, got {type(dbn).__name__}")
     blocks = getattr(model, "blocks", None)
     if blocks is None or len(blocks) < len(dbn.rbms):
-        raise ValueError("model must be a vanishing.models.mlp with at least as many blocks as the DBN has RBMs")
+        raise ValueError(
+            "model must be a vanishing.models.mlp with at least as many blocks as the DBN has RBMs"
+        )
     with torch.no_grad():
-        for block, r in zip(blocks, dbn.rbms, strict=False):
+        for block, r in zip(blocks, cast("Sequence[RBM]", dbn.rbms), strict=False):
             if block.linear.weight.shape != r.W.shape:
                 raise ValueError(
-                    f"block weight shape {tuple(block.linear.weight.shape)} does not match RBM {tuple(r.W.shape)}"
+                    f"block weight shape {tuple(block.linear.weight.shape)} "
+                    f"does not match RBM {tuple(r.W.shape)}"
                 )
             block.linear.weight.copy_(r.W)
             block.linear.bias.copy_(r.b_h)
@@ -353,7 +398,8 @@ def init_from_dbn(model: nn.Module, dbn: DBN) -> None:
 def digits_unit(
     *, test_fraction: float = 0.25, seed: int = 0, device: torch.device | str = "cpu"
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 8x8 digits with pixels scaled from 0..16 to [0, 1], the range an RBM's units model.
+    """scikit-learn's 8x8 digits with pixels scaled from 0..16 to [0, 1], the range an RBM's
+    units model.
 
     Same stratified split as :func:`vanishing.data.digits` for the same ``seed``.
     """
@@ -363,7 +409,9 @@ def digits_unit(
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(x / 16.0, y, test_size=test_fraction, random_state=seed, stratify=y)
+    xtr, xte, ytr, yte = train_test_split(
+        x / 16.0, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
     as_x = lambda a: torch.tensor(a, dtype=torch.float32, device=device)
     as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)
     return (as_x(xtr), as_y(ytr)), (as_x(xte), as_y(yte))

@@ -7,6 +7,8 @@ from its last hidden state, which is what the long-time-lag tasks of
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -25,7 +27,9 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[2] != self.core.input_size:
-            raise ValueError(f"input must have shape (batch, time, {self.core.input_size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"input must have shape (batch, time, {self.core.input_size}), got {tuple(x.shape)}"
+            )
         states, _ = self.core(x)
         return self.head(states[:, -1])
 
@@ -59,7 +63,9 @@ def rnn(
     if forget_bias is not None and cell != "lstm":
         raise ValueError(f"forget_bias applies to cell='lstm' only, got cell={cell!r}")
     if cell == "rnn":
-        core: nn.RNNBase = nn.RNN(input_size, hidden_size, num_layers, nonlinearity=nonlinearity, batch_first=True)
+        core: nn.RNNBase = nn.RNN(
+            input_size, hidden_size, num_layers, nonlinearity=nonlinearity, batch_first=True
+        )
     elif cell == "lstm":
         core = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
         if forget_bias is not None:
@@ -89,9 +95,15 @@ def lstm_step(
     Jacobian of ``c_t`` with respect to ``c_{t-1}`` can be taken with autograd
     through this function - ``nn.LSTM`` hides ``c_t`` for every step but the last.
     """
-    if not isinstance(core, nn.LSTM) or core.num_layers != 1 or core.bidirectional or core.proj_size:
+    if (
+        not isinstance(core, nn.LSTM) or core.num_layers != 1 or core.bidirectional
+        or core.proj_size
+    ):
         raise ValueError("core must be a one-layer, unidirectional nn.LSTM without projection")
-    z = x @ core.weight_ih_l0.T + core.bias_ih_l0 + h @ core.weight_hh_l0.T + core.bias_hh_l0
+    # nn.LSTM sets its weights with setattr; the stubs type them Tensor | Module.
+    w_ih, w_hh = cast(torch.Tensor, core.weight_ih_l0), cast(torch.Tensor, core.weight_hh_l0)
+    b_ih, b_hh = cast(torch.Tensor, core.bias_ih_l0), cast(torch.Tensor, core.bias_hh_l0)
+    z = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh
     i, f, g, o = z.chunk(4, dim=-1)  # PyTorch's gate order
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
     c = f * c + i * g
@@ -109,7 +121,9 @@ def lstm_trace(model: SequenceModel, x: torch.Tensor) -> dict[str, torch.Tensor]
     if not isinstance(model, SequenceModel) or not isinstance(model.core, nn.LSTM):
         raise ValueError("model must be a SequenceModel built with cell='lstm'")
     if x.dim() != 3 or x.shape[2] != model.core.input_size:
-        raise ValueError(f"x must have shape (batch, time, {model.core.input_size}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (batch, time, {model.core.input_size}), got {tuple(x.shape)}"
+        )
     core = model.core
     h = x.new_zeros(x.shape[0], core.hidden_size)
     c = x.new_zeros(x.shape[0], core.hidden_size)

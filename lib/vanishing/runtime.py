@@ -88,7 +88,9 @@ def device(name: str | None = None) -> torch.device:
                 return torch.device(kind)
         return torch.device("cpu")
     if not isinstance(name, str):
-        raise ValueError(f"device: {source} must be a string such as 'cpu', 'cuda' or 'mps', got {name!r}")
+        raise ValueError(
+            f"device: {source} must be a string such as 'cpu', 'cuda' or 'mps', got {name!r}"
+        )
     text = name.strip().lower()
     kind, _, index = text.partition(":")
     if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
@@ -96,10 +98,13 @@ def device(name: str | None = None) -> torch.device:
             f"device: {source}={name!r} is not a device; allowed: 'cpu', 'cuda', 'cuda:N', 'mps'"
         )
     if not _available(kind):
-        raise ValueError(f"device: {source}={name!r} was requested but this machine has no {kind} device")
+        raise ValueError(
+            f"device: {source}={name!r} was requested but this machine has no {kind} device"
+        )
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
         raise ValueError(
-            f"device: {source}={name!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            f"device: {source}={name!r} was requested but only {torch.cuda.device_count()} "
+            "CUDA device(s) exist"
         )
     return torch.device(text)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -71,18 +72,23 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
-    """All of ``model``'s parameters concatenated into one detached 1-D vector (in ``model.parameters()`` order)."""
+    """All of ``model``'s parameters concatenated into one detached 1-D vector (in
+    ``model.parameters()`` order)."""
     _check_model(model)
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
 def set_flat_parameters(model: nn.Module, vector: torch.Tensor) -> None:
-    """Copy ``vector`` (as produced by :func:`flat_parameters`) into ``model``'s parameters, in place."""
+    """Copy ``vector`` (as produced by :func:`flat_parameters`) into ``model``'s parameters,
+    in place."""
     _check_model(model)
     total = sum(p.numel() for p in model.parameters())
     if not isinstance(vector, torch.Tensor) or vector.dim() != 1 or vector.numel() != total:
         shape = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
-        raise ValueError(f"vector must be a 1-D tensor of {total} numbers (the model's parameter count), got {shape}")
+        raise ValueError(
+            f"vector must be a 1-D tensor of {total} numbers (the model's parameter count), "
+            f"got {shape}"
+        )
     with torch.no_grad():
         start = 0
         for p in model.parameters():
@@ -100,7 +106,10 @@ def accuracy_fitness(
     """
     _check_model(model)
     if len(inputs) != len(targets) or len(inputs) == 0:
-        raise ValueError(f"inputs and targets must be non-empty and of equal length, got {len(inputs)} and {len(targets)}")
+        raise ValueError(
+            "inputs and targets must be non-empty and of equal length, "
+            f"got {len(inputs)} and {len(targets)}"
+        )
 
     def fitness() -> float:
         with torch.no_grad():
@@ -138,7 +147,8 @@ def random_search(
         raise ValueError(f"high must exceed low, got low={low!r}, high={high!r}")
     gen = torch.Generator().manual_seed(seed)
     n = flat_parameters(model).numel()
-    best, best_fit, history = None, -float("inf"), []
+    best: torch.Tensor | None = None
+    best_fit, history = -float("inf"), []
     for _ in range(max_evals):
         guess = low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
         set_flat_parameters(model, guess.float())
@@ -148,8 +158,12 @@ def random_search(
         history.append(best_fit)
         if target is not None and best_fit >= target:
             break
-    set_flat_parameters(model, best)
-    return SearchResult(best, best_fit, len(history), target is not None and best_fit >= target, history)
+    # best is None only if no fitness beat -inf (all -inf or NaN): set_flat_parameters then raises.
+    set_flat_parameters(model, cast(torch.Tensor, best))
+    return SearchResult(
+        cast(torch.Tensor, best), best_fit, len(history),
+        target is not None and best_fit >= target, history,
+    )
 
 
 def evolution_strategy(
@@ -206,10 +220,13 @@ def evolution_strategy(
         if evals >= max_evals or (target is not None and best_fit >= target):
             break
         candidates = [
-            pool[i % len(pool)][1] + sigma * torch.randn(n, generator=gen) for i in range(population)
+            pool[i % len(pool)][1] + sigma * torch.randn(n, generator=gen)
+            for i in range(population)
         ]
     set_flat_parameters(model, pool[0][1])
-    return SearchResult(pool[0][1], pool[0][0], evals, target is not None and best_fit >= target, history)
+    return SearchResult(
+        pool[0][1], pool[0][0], evals, target is not None and best_fit >= target, history
+    )
 
 
 def gradient_descent(
@@ -222,7 +239,8 @@ def gradient_descent(
     optimizer: str = "adam",
     target: float = 1.0,
 ) -> SearchResult:
-    """Full-batch gradient training on ``(inputs, targets)`` until training accuracy reaches ``target``.
+    """Full-batch gradient training on ``(inputs, targets)`` until training accuracy reaches
+    ``target``.
 
     The accuracy is read from each step's own forward pass (before the
     update), so checking costs nothing extra. ``evaluations`` counts

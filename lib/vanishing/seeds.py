@@ -27,7 +27,9 @@ def _values(values: Iterable[float], name: str) -> list[float]:
     if not out:
         raise ValueError(f"{name}: values must hold at least one result, got none")
     if any(math.isnan(v) for v in out):
-        raise ValueError(f"{name}: values must not be NaN (a diverged run is a result: record it as inf)")
+        raise ValueError(
+            f"{name}: values must not be NaN (a diverged run is a result: record it as inf)"
+        )
     return out
 
 
@@ -41,7 +43,8 @@ class Spread:
     n: int
 
     def format(self, fmt: str = ".2g") -> str:
-        """``"median (low-high, n seeds)"`` with each number in format ``fmt`` (e.g. ``".2f"``, ``".1e"``).
+        """``"median (low-high, n seeds)"`` with each number in format ``fmt``
+        (e.g. ``".2f"``, ``".1e"``).
 
         A range with a negative end reads ``"(low to high, ...)"``: ``-0.15--0.03`` would not.
         """
@@ -54,7 +57,9 @@ class Spread:
 
 
 def spread(values: Iterable[float]) -> Spread:
-    """Median and range of one result over seeds (a non-finite run, e.g. ``inf`` for a divergence, counts)."""
+    """Median and range of one result over seeds (a non-finite run, e.g. ``inf`` for a
+    divergence, counts).
+    """
     out = sorted(_values(values, "spread"))
     n = len(out)
     median = out[n // 2] if n % 2 else (out[n // 2 - 1] + out[n // 2]) / 2
@@ -63,7 +68,10 @@ def spread(values: Iterable[float]) -> Spread:
 
 def count(values: Iterable[float], threshold: float, *, above: bool = True) -> int:
     """How many seeds reach ``threshold`` (``>=`` it, or ``<=`` it with ``above=False``)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+    if (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+        or math.isnan(threshold)
+    ):
         raise ValueError(f"count: threshold must be a number, got {threshold!r}")
     out = _values(values, "count")
     return sum(v >= threshold for v in out) if above else sum(v <= threshold for v in out)

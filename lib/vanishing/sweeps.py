@@ -49,6 +49,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,8 @@ __all__ = [
 
 #: Losses the batched functions compute per network (the names :func:`vanishing.train.train` uses).
 LOSSES = ("cross_entropy", "mse")
-#: Optimizers :func:`train_batched` implements exactly as torch does (plain SGD; SGD with momentum 0.9).
+#: Optimizers :func:`train_batched` implements exactly as torch does (plain SGD; SGD with
+#: momentum 0.9).
 OPTIMIZERS = ("sgd", "momentum")
 #: How :func:`depth_sweep` runs a grid: stacked, or one network at a time (the reference).
 METHODS = ("batched", "loop")
@@ -80,8 +82,8 @@ METHODS = ("batched", "loop")
 
 aten = torch.ops.aten
 
-#: forward(z, out) writes phi(z) into ``out``; backward(grad, z, a, out) writes grad * phi'(z) into ``out``
-#: given z and a = phi(z).
+#: forward(z, out) writes phi(z) into ``out``; backward(grad, z, a, out) writes grad * phi'(z)
+#: into ``out`` given z and a = phi(z).
 Kernels = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
 
 
@@ -105,17 +107,23 @@ def _kernels(module: nn.Module) -> Kernels:
     if isinstance(module, nn.LeakyReLU):
         slope = module.negative_slope
         return (lambda z, o: aten.leaky_relu.out(z, slope, out=o),
-                lambda g, z, a, o: aten.leaky_relu_backward.grad_input(g, z, slope, False, grad_input=o))
+                lambda g, z, a, o: aten.leaky_relu_backward.grad_input(
+                    g, z, slope, False, grad_input=o
+                ))
     if isinstance(module, nn.GELU):
         approx = module.approximate
         return (lambda z, o: aten.gelu.out(z, approximate=approx, out=o),
-                lambda g, z, a, o: aten.gelu_backward.grad_input(g, z, approximate=approx, grad_input=o))
+                lambda g, z, a, o: aten.gelu_backward.grad_input(
+                    g, z, approximate=approx, grad_input=o
+                ))
     if isinstance(module, nn.SiLU):
         return (lambda z, o: aten.silu.out(z, out=o),
                 lambda g, z, a, o: aten.silu_backward.grad_input(g, z, grad_input=o))
     if isinstance(module, nn.Identity):
         return (lambda z, o: o.copy_(z), lambda g, z, a, o: o.copy_(g))
-    raise ValueError(f"activation {module!r} has no stacked kernels; allowed: {', '.join(models.ACTIVATIONS)}")
+    raise ValueError(
+        f"activation {module!r} has no stacked kernels; allowed: {', '.join(models.ACTIVATIONS)}"
+    )
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -125,7 +133,8 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _activation_name(module: nn.Module) -> str:
-    # The models.ACTIVATIONS name of an activation module (its repr holds its settings, e.g. the slope).
+    # The models.ACTIVATIONS name of an activation module (its repr holds its settings, e.g. the
+    # slope).
     for name, make in models.ACTIVATIONS.items():
         if repr(make()) == repr(module):
             return name
@@ -174,7 +183,9 @@ class StackedMLP:
         """Every stacked parameter tensor (leading axis K), in a fixed order."""
         return [*self.weights, *self.biases, *self.norm_weights, *self.norm_biases]
 
-    def _buffer(self, key: tuple, shape: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _buffer(
+        self, key: tuple, shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """A reusable buffer of ``shape`` and its views, one per activation group.
 
         A training step or an evaluation chunk needs the same tensors every time. Reusing
@@ -203,23 +214,28 @@ class StackedMLP:
         k, rows = self.size, x.shape[-2]
         kernels = self._kernels()
         h = x if x.dim() == 3 else x.expand(k, *x.shape)
-        saved = []
+        saved: list[tuple] = []
         for i in range(self.depth):
             w = self.weights[i]
             shape = (k, rows, w.shape[1])
-            slot = i if keep else -1 - i % 2  # evaluation buffers apart from a step's, which differ in shape
+            # evaluation buffers apart from a step's, which differ in shape
+            slot = i if keep else -1 - i % 2
             z, z_parts = self._buffer(("z", slot), shape)
             torch.baddbmm(self.biases[i].unsqueeze(1), h, w.transpose(1, 2), out=z)
             u, u_parts, stats = z, z_parts, None
             if self.norm_weights:
                 zn, mean, rstd = aten.native_layer_norm(z, [shape[2]], None, None, self.norm_eps)
                 u, u_parts = self._buffer(("u", slot), shape)
-                torch.addcmul(self.norm_biases[i].unsqueeze(1), zn, self.norm_weights[i].unsqueeze(1), out=u)
+                torch.addcmul(
+                    self.norm_biases[i].unsqueeze(1), zn, self.norm_weights[i].unsqueeze(1), out=u
+                )
                 stats = (zn, mean, rstd)
             a, a_parts = self._buffer(("a", slot), shape)
             for (forward, _), u_part, a_part in zip(kernels, u_parts, a_parts, strict=True):
                 forward(u_part, a_part)
-            h_out = torch.add(h, a, out=self._buffer(("h", slot), shape)[0]) if self.residual[i] else a
+            h_out = (
+                torch.add(h, a, out=self._buffer(("h", slot), shape)[0]) if self.residual[i] else a
+            )
             if keep:
                 saved.append((h, z, u_parts, stats, a_parts))
             h = h_out
@@ -247,8 +263,9 @@ class StackedMLP:
             logp = out.log_softmax(dim=-1)
             mask = F.one_hot(y, out.shape[-1]).to(out.dtype)
             losses = -(logp * mask).sum(dim=-1).mean(dim=1)
-            g = aten._log_softmax_backward_data((mask * (-1.0 / rows)).expand_as(logp).contiguous(), logp, -1,
-                                                logp.dtype)
+            g = aten._log_softmax_backward_data(
+                (mask * (-1.0 / rows)).expand_as(logp).contiguous(), logp, -1, logp.dtype
+            )
         else:
             diff = out - y
             losses = diff.pow(2).flatten(1).mean(dim=1)
@@ -261,7 +278,9 @@ class StackedMLP:
         skip = None  # gradient reaching a residual block's output, passed straight to its input
         for i in range(depth, -1, -1):
             h_in = saved[i][0]
-            g_w[i] = torch.bmm(g.transpose(1, 2), h_in, out=self._buffer(("gw", i), self.weights[i].shape)[0])
+            g_w[i] = torch.bmm(
+                g.transpose(1, 2), h_in, out=self._buffer(("gw", i), self.weights[i].shape)[0]
+            )
             if not weights_only:
                 g_b[i] = torch.sum(g, dim=1, out=self._buffer(("gb", i), self.biases[i].shape)[0])
             if i == 0:
@@ -274,8 +293,9 @@ class StackedMLP:
             _, z, u_parts, stats, a_parts = saved[i - 1]
             skip = g_h if self.residual[i - 1] else None
             g_u, g_u_parts = self._buffer(("gu", i % 2), h_in.shape)
-            for (_, backward), g_part, u_part, a_part, out_part in zip(kernels, g_h_parts, u_parts, a_parts,
-                                                                         g_u_parts, strict=True):
+            for (_, backward), g_part, u_part, a_part, out_part in zip(
+                kernels, g_h_parts, u_parts, a_parts, g_u_parts, strict=True
+            ):
                 backward(g_part, u_part, a_part, out_part)
             if stats is None:
                 g = g_u
@@ -292,7 +312,8 @@ class StackedMLP:
         return losses, [*g_w, *g_b, *g_gain, *g_shift]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Outputs of all K networks: ``inputs`` (B, in) shared by all, or (K, B, in) one batch each.
+        """Outputs of all K networks: ``inputs`` (B, in) shared by all, or (K, B, in) one batch
+        each.
 
         Returns a tensor of shape (K, B, out).
         """
@@ -301,7 +322,10 @@ class StackedMLP:
         if x.dim() == 2 and x.shape[1] == fan_in:
             x = x.expand(k, *x.shape)
         elif not (x.dim() == 3 and x.shape[0] == k and x.shape[2] == fan_in):
-            raise ValueError(f"inputs must have shape (batch, {fan_in}) or ({k}, batch, {fan_in}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"inputs must have shape (batch, {fan_in}) or ({k}, batch, {fan_in}), "
+                f"got {tuple(x.shape)}"
+            )
         for i in range(self.depth):
             z = torch.baddbmm(self.biases[i].unsqueeze(1), x, self.weights[i].transpose(1, 2))
             if self.norm_weights:
@@ -310,7 +334,8 @@ class StackedMLP:
             if len(self.groups) == 1:
                 a = self.groups[0][2](z)
             else:
-                # split's backward is one concatenation; slicing would build a zero tensor per group.
+                # split's backward is one concatenation; slicing would build a zero tensor per
+                # group.
                 parts = z.split([stop - start for start, stop, _ in self.groups])
                 a = torch.cat([act(p) for p, (_, _, act) in zip(parts, self.groups, strict=True)])
             x = x + a if self.residual[i] else a
@@ -319,7 +344,8 @@ class StackedMLP:
     __call__ = forward
 
     def to(self, device: torch.device | str) -> StackedMLP:
-        """A copy with every stacked parameter on ``device`` (e.g. ``vg.device()``), ready for training."""
+        """A copy with every stacked parameter on ``device`` (e.g. ``vg.device()``), ready for
+        training."""
         dev = torch.device(device)
 
         def move(ts: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -347,8 +373,9 @@ class StackedMLP:
                     lin.bias.copy_(self.biases[i][k])
                 for i, block in enumerate(net.blocks):
                     if self.norm_weights:
-                        block.norm.weight.copy_(self.norm_weights[i][k])
-                        block.norm.bias.copy_(self.norm_biases[i][k])
+                        norm = cast(nn.LayerNorm, block.norm)
+                        norm.weight.copy_(self.norm_weights[i][k])
+                        norm.bias.copy_(self.norm_biases[i][k])
 
 
 def _signature(net: models.MLP) -> tuple:
@@ -384,18 +411,21 @@ def stack_mlps(nets: Sequence[models.MLP]) -> StackedMLP:
         for block in net.blocks:
             if not isinstance(block.norm, (nn.Identity, nn.LayerNorm)):
                 raise ValueError(
-                    f"nets[{i}] has norm {type(block.norm).__name__}; stack_mlps supports norm=None and 'layer'"
+                    f"nets[{i}] has norm {type(block.norm).__name__}; "
+                    "stack_mlps supports norm=None and 'layer'"
                 )
             if isinstance(block.norm, nn.LayerNorm) and not block.norm.elementwise_affine:
-                raise ValueError(f"nets[{i}]: stack_mlps needs LayerNorm with elementwise_affine=True")
+                raise ValueError(
+                    f"nets[{i}]: stack_mlps needs LayerNorm with elementwise_affine=True"
+                )
         if any(lin.bias is None for lin in net.linears()):
             raise ValueError(f"nets[{i}] has a Linear layer without bias; stack_mlps needs biases")
     first = _signature(nets[0])
     for i, net in enumerate(nets[1:], start=1):
         if _signature(net) != first:
             raise ValueError(
-                f"nets[{i}] differs in shape, normalization, residual flags, dtype or device from nets[0]; "
-                "stack only networks of one architecture (group a sweep by depth)"
+                f"nets[{i}] differs in shape, normalization, residual flags, dtype or device "
+                "from nets[0]; stack only networks of one architecture (group a sweep by depth)"
             )
 
     def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -407,10 +437,20 @@ def stack_mlps(nets: Sequence[models.MLP]) -> StackedMLP:
     biases = [stack([ls[i].bias for ls in lins]) for i in range(n_layers)]
     layer_norm = isinstance(nets[0].blocks[0].norm, nn.LayerNorm)
     depth = len(nets[0].blocks)
-    norm_weights = [stack([net.blocks[i].norm.weight for net in nets]) for i in range(depth)] if layer_norm else []
-    norm_biases = [stack([net.blocks[i].norm.bias for net in nets]) for i in range(depth)] if layer_norm else []
-    eps = float(nets[0].blocks[0].norm.eps) if layer_norm else 0.0
-    acts = [net.blocks[0].act for net in nets]
+
+    def norm_of(net: models.MLP, i: int) -> nn.LayerNorm:
+        return cast(nn.LayerNorm, net.blocks[i].norm)
+
+    norm_weights = (
+        [stack([norm_of(net, i).weight for net in nets]) for i in range(depth)]
+        if layer_norm else []
+    )
+    norm_biases = (
+        [stack([norm_of(net, i).bias for net in nets]) for i in range(depth)]
+        if layer_norm else []
+    )
+    eps = float(norm_of(nets[0], 0).eps) if layer_norm else 0.0
+    acts = [cast(nn.Module, net.blocks[0].act) for net in nets]
     groups: list[tuple[int, int, nn.Module]] = []
     for k, act in enumerate(acts):
         if groups and repr(groups[-1][2]) == repr(act):
@@ -431,12 +471,15 @@ def stack_mlps(nets: Sequence[models.MLP]) -> StackedMLP:
 
 def _check_stacked(stacked: object) -> StackedMLP:
     if not isinstance(stacked, StackedMLP):
-        raise ValueError(f"stacked must be a StackedMLP (see stack_mlps), got {type(stacked).__name__}")
+        raise ValueError(
+            f"stacked must be a StackedMLP (see stack_mlps), got {type(stacked).__name__}"
+        )
     return stacked
 
 
 def _cross_entropy(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every (network, example), shape (K, B), from logits (K, B, C) and labels (B,).
+    """Cross-entropy of every (network, example), shape (K, B), from logits (K, B, C) and labels
+    (B,).
 
     logsumexp minus the target's logit: the value F.cross_entropy computes (to float
     rounding), with kernels that are deterministic on CUDA too (nll_loss2d is not) and,
@@ -455,7 +498,8 @@ def _check_data(
         raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
     if inputs.dim() != 2 or inputs.shape[1] != stacked.weights[0].shape[2]:
         raise ValueError(
-            f"{name}: inputs must have shape (batch, {stacked.weights[0].shape[2]}), got {tuple(inputs.shape)}"
+            f"{name}: inputs must have shape (batch, {stacked.weights[0].shape[2]}), "
+            f"got {tuple(inputs.shape)}"
         )
     n_out = stacked.weights[-1].shape[1]
     if len(targets) != len(inputs):
@@ -463,10 +507,16 @@ def _check_data(
     if loss == "cross_entropy" and (targets.dim() != 1 or targets.dtype != torch.long):
         raise ValueError(f"{name}: cross_entropy needs targets of shape (batch,) and dtype long")
     if loss == "mse" and tuple(targets.shape) != (len(inputs), n_out):
-        raise ValueError(f"{name}: mse needs targets of shape ({len(inputs)}, {n_out}), got {tuple(targets.shape)}")
+        raise ValueError(
+            f"{name}: mse needs targets of shape ({len(inputs)}, {n_out}), "
+            f"got {tuple(targets.shape)}"
+        )
     device = stacked.device
     x = inputs.to(device=device, dtype=stacked.weights[0].dtype)
-    y = targets.to(device=device) if loss == "cross_entropy" else targets.to(device=device, dtype=x.dtype)
+    y = (
+        targets.to(device=device) if loss == "cross_entropy"
+        else targets.to(device=device, dtype=x.dtype)
+    )
     return x, y
 
 
@@ -478,7 +528,8 @@ EVAL_ELEMENTS = 2**21
 def _evaluate(
     stacked: StackedMLP, x: torch.Tensor, y: torch.Tensor, loss: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss (K,) and, for classification, accuracy (K,) of every network on all of (x, y), in row chunks."""
+    """Loss (K,) and, for classification, accuracy (K,) of every network on all of (x, y), in row
+    chunks."""
     width = max(w.shape[1] for w in stacked.weights)
     rows = max(1, EVAL_ELEMENTS // (stacked.size * width))
     per_example, hits = [], []
@@ -497,7 +548,8 @@ def _evaluate(
 def grad_norms_batched(
     stacked: StackedMLP, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy"
 ) -> torch.Tensor:
-    """Norm of dLoss/dW for every weight matrix of every stacked network: shape (K, depth + 1), float64, on the CPU.
+    """Norm of dLoss/dW for every weight matrix of every stacked network: shape (K, depth + 1),
+    float64, on the CPU.
 
     Row ``k`` is what :func:`vanishing.probes.grad_norms` returns for network
     ``k`` on the same batch (input layer first, read-out last). The K losses are
@@ -509,7 +561,8 @@ def grad_norms_batched(
     x, y = _check_data(inputs, targets, loss, stacked, name="inputs/targets")
     with torch.no_grad():
         _, grads = stacked._backprop(x, y, loss, weights_only=True)
-    # In float64, as probes.grad_norms: squares of float32 entries below about 1e-20 would underflow to zero.
+    # In float64, as probes.grad_norms: squares of float32 entries below about 1e-20 would
+    # underflow to zero.
     return torch.stack([g.detach().double().flatten(1).norm(dim=1) for g in grads], dim=1).cpu()
 
 
@@ -527,8 +580,9 @@ def train_batched(
     clip: float | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     record_grad_norms: bool = False,
-) -> dict[str, object]:
-    """Train all K stacked networks at once, in place, the way :func:`vanishing.train.train` trains one.
+) -> dict[str, Any]:
+    """Train all K stacked networks at once, in place, the way :func:`vanishing.train.train`
+    trains one.
 
     Same arguments and schedule as ``train.train``: ``steps`` updates of
     ``optimizer`` (``"sgd"`` or ``"momentum"``) with learning rate ``lr``; minibatches of
@@ -552,25 +606,31 @@ def train_batched(
     """
     stacked = _check_stacked(stacked)
     k = stacked.size
-    per_network = isinstance(generator, Sequence) and not isinstance(generator, str)
-    if per_network:
-        if len(generator) != k or not all(isinstance(g, torch.Generator) for g in generator):
-            raise ValueError(f"generator: a list must hold one torch.Generator per network ({k}), got {generator!r}")
+    gens = generator if isinstance(generator, Sequence) and not isinstance(generator, str) else None
+    if gens is not None:
+        if len(gens) != k or not all(isinstance(g, torch.Generator) for g in gens):
+            raise ValueError(
+                f"generator: a list must hold one torch.Generator per network ({k}), "
+                f"got {generator!r}"
+            )
     elif generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(
-            f"generator must be a torch.Generator, a list of {k} of them, or None, got {type(generator).__name__}"
+            f"generator must be a torch.Generator, a list of {k} of them, or None, "
+            f"got {type(generator).__name__}"
         )
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
     x_all, y_all = _check_data(data[0], data[1], loss, stacked)
     n = len(x_all)
-    train_mod.check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer, allowed=OPTIMIZERS,
-                             clip=clip, batch_size=batch_size, n=n)
+    train_mod.check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
+                             allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
     sets = [("", x_all, y_all)]
     if test_data is not None:
         if not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):
             raise ValueError("test_data must be a pair (inputs, targets) or None")
-        sets.append(("test_", *_check_data(test_data[0], test_data[1], loss, stacked, name="test_data")))
+        sets.append(
+            ("test_", *_check_data(test_data[0], test_data[1], loss, stacked, name="test_data"))
+        )
     classify = loss == "cross_entropy"
 
     params = stacked.parameters()
@@ -587,14 +647,19 @@ def train_batched(
                 losses, hits = _evaluate(stacked, x, y, loss)
                 columns.setdefault(prefix + "loss", []).append(losses)
                 if classify:
-                    columns.setdefault(prefix + "acc", []).append(hits)
+                    # hits is a tensor under cross-entropy
+                    columns.setdefault(prefix + "acc", []).append(cast(torch.Tensor, hits))
 
     norms: list[torch.Tensor] = []
 
+    # None: torch's global generator, or one generator per network
+    shared = generator if isinstance(generator, torch.Generator) else None
+
     def draw() -> tuple[torch.Tensor, torch.Tensor]:
-        if not per_network or batch_size is None:
-            return train_mod.draw_batch(x_all, y_all, batch_size, generator)
-        batches = [train_mod.draw_batch(x_all, y_all, batch_size, g) for g in generator]
+        # draw_batch ignores the generator for the full batch
+        if gens is None or batch_size is None:
+            return train_mod.draw_batch(x_all, y_all, batch_size, shared)
+        batches = [train_mod.draw_batch(x_all, y_all, batch_size, g) for g in gens]
         return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
     for step in range(1, steps + 1):
@@ -603,7 +668,9 @@ def train_batched(
             per_net, grads = stacked._backprop(x, y, loss)
         if record_grad_norms and (step % eval_every == 0 or step == 1):
             # float64, as train.train: squares of float32 entries below ~1e-19 would underflow.
-            norms.append(torch.stack([g.double().flatten(1).norm(dim=1) for g in grads[:stacked.depth + 1]], dim=1))
+            norms.append(torch.stack(
+                [g.double().flatten(1).norm(dim=1) for g in grads[:stacked.depth + 1]], dim=1
+            ))
         bad = ~torch.isfinite(per_net)
         if bool((bad & ~diverged).any()):
             for j in torch.nonzero(bad & ~diverged).flatten().tolist():
@@ -627,7 +694,7 @@ def train_batched(
                 torch._foreach_add_(params, grads, alpha=-lr)
         if step % eval_every == 0 or step == 1:
             evaluate(step)
-    history: dict[str, object] = {"step": steps_seen}
+    history: dict[str, Any] = {"step": steps_seen}
     for key, cols in columns.items():
         history[key] = torch.stack(cols, dim=1).float().cpu()
     if record_grad_norms:
@@ -636,8 +703,9 @@ def train_batched(
     return history
 
 
-def histories(history: dict[str, object]) -> list[dict[str, object]]:
-    """Split what :func:`train_batched` returns into K per-network histories shaped like ``train.train``'s.
+def histories(history: dict[str, Any]) -> list[dict[str, object]]:
+    """Split what :func:`train_batched` returns into K per-network histories shaped like
+    ``train.train``'s.
 
     Each holds ``step`` and plain lists of floats for ``loss``, ``acc``, ``test_loss``,
     ``test_acc`` (those recorded); ``grad_norms`` becomes a list with one list of
@@ -656,8 +724,9 @@ def histories(history: dict[str, object]) -> list[dict[str, object]]:
     return out
 
 
-def build_mlp(*, seed: int, **kwargs: object) -> models.MLP:
-    """``models.mlp(**kwargs)`` built right after ``torch.manual_seed(seed)`` (as ``vg.seed(seed)`` would).
+def build_mlp(*, seed: int, **kwargs: Any) -> models.MLP:
+    """``models.mlp(**kwargs)`` built right after ``torch.manual_seed(seed)`` (as
+    ``vg.seed(seed)`` would).
 
     The global random state is saved and restored, so building a sweep's
     networks does not shift the random numbers of whatever runs next. The
@@ -725,7 +794,9 @@ def depth_sweep(
     cross-entropy), ``final_loss``, ``final_acc`` and ``diverged_at`` (the loop stops
     a diverging network at that step; the batched form records it and goes on).
     """
-    depths = list(depths) if isinstance(depths, Sequence) and not isinstance(depths, str) else depths
+    depths = (
+        list(depths) if isinstance(depths, Sequence) and not isinstance(depths, str) else depths
+    )
     if not isinstance(depths, list) or len(depths) == 0:
         raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")
     for d in depths:
@@ -749,13 +820,18 @@ def depth_sweep(
         _positive_int("max_stack", max_stack)
     if isinstance(batch_seed, bool) or not isinstance(batch_seed, int) or batch_seed < 0:
         raise ValueError(f"batch_seed must be a non-negative int, got {batch_seed!r}")
-    if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)):
+    if not (
+        isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+    ):
         raise ValueError("data must be a pair (inputs, targets) of tensors")
     if data[0].dim() != 2:
-        raise ValueError(f"data: inputs must have shape (batch, features), got {tuple(data[0].shape)}")
+        raise ValueError(
+            f"data: inputs must have shape (batch, features), got {tuple(data[0].shape)}"
+        )
     train_data = data if train_data is None else train_data
     # vanishing.device raises a ValueError naming the request when this machine lacks the device
-    # (imported here, not at the top, so the package's __init__ may import this module in any order).
+    # (imported here, not at the top, so the package's __init__ may import this module in any
+    # order).
     from . import device as pick_device
 
     dev = torch.device("cpu") if device is None else pick_device(str(device))
@@ -765,16 +841,16 @@ def depth_sweep(
     for d in depths:
         configs = [(a, i, s) for a in activations for i in inits for s in seeds]
         nets = [
-            build_mlp(seed=s, in_features=in_features, out_features=out_features, depth=d, width=width,
-                      activation=a, init=i, norm=norm, residual=residual)
+            build_mlp(seed=s, in_features=in_features, out_features=out_features, depth=d,
+                      width=width, activation=a, init=i, norm=norm, residual=residual)
             for a, i, s in configs
         ]
-        results: list[dict[str, object]] = [
+        results: list[dict[str, Any]] = [
             {"depth": d, "activation": a, "init": i, "seed": s} for a, i, s in configs
         ]
         if method == "loop":
-            _run_loop(nets, results, data, train_data, loss, steps, lr, batch_size, optimizer, eval_every, clip,
-                      batch_seed, dev)
+            _run_loop(nets, results, data, train_data, loss, steps, lr, batch_size, optimizer,
+                      eval_every, clip, batch_seed, dev)
         else:
             chunk = max_stack or len(nets)
             for start in range(0, len(nets), chunk):
@@ -786,9 +862,9 @@ def depth_sweep(
                     row["grad_norms"] = norms[j].tolist()
                 if steps:
                     gen = torch.Generator().manual_seed(batch_seed)
-                    hist = train_batched(stacked, train_data, steps=steps, lr=lr, batch_size=batch_size,
-                                         optimizer=optimizer, loss=loss, eval_every=eval_every, clip=clip,
-                                         generator=gen)
+                    hist = train_batched(stacked, train_data, steps=steps, lr=lr,
+                                         batch_size=batch_size, optimizer=optimizer, loss=loss,
+                                         eval_every=eval_every, clip=clip, generator=gen)
                     for j, row in enumerate(results[start:start + chunk]):
                         row["step"] = list(hist["step"])
                         for key in ("loss", "acc"):
@@ -800,8 +876,8 @@ def depth_sweep(
     return rows
 
 
-def _run_loop(nets, results, data, train_data, loss, steps, lr, batch_size, optimizer, eval_every, clip,
-              batch_seed, dev) -> None:
+def _run_loop(nets, results, data, train_data, loss, steps, lr, batch_size, optimizer, eval_every,
+              clip, batch_seed, dev) -> None:
     # The plain reference: one network at a time through the shared probes and training loop.
     loss_fn = F.cross_entropy if loss == "cross_entropy" else F.mse_loss
     x, y = (t.to(dev) for t in data)
@@ -814,8 +890,8 @@ def _run_loop(nets, results, data, train_data, loss, steps, lr, batch_size, opti
             gen = torch.Generator().manual_seed(batch_seed)
             try:
                 hist = train_mod.train(net, (xt, yt), steps=steps, lr=lr, batch_size=batch_size,
-                                       optimizer=optimizer, loss=loss, eval_every=eval_every, clip=clip,
-                                       generator=gen)
+                                       optimizer=optimizer, loss=loss, eval_every=eval_every,
+                                       clip=clip, generator=gen)
                 row["diverged_at"] = None
             except FloatingPointError as err:
                 # train.train stops at the first non-finite loss; keep the step it names.

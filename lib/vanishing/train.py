@@ -37,20 +37,29 @@ def check_schedule(
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if optimizer not in allowed:
         raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(allowed)}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+    if clip is not None and (
+        isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
+    ):
         raise ValueError(f"clip must be a positive number or None, got {clip!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n
+    ):
         raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
 
 
 def draw_batch(
-    inputs: torch.Tensor, targets: torch.Tensor, batch_size: int | None, generator: torch.Generator | None
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int | None,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One minibatch drawn with replacement (indices drawn on the CPU, so a seeded CPU generator
     gives the same batches on every device); ``batch_size=None`` returns the whole set."""
     if batch_size is None:
         return inputs, targets
-    idx = torch.randint(0, len(inputs), (batch_size,), generator=generator, device="cpu").to(inputs.device)
+    idx = torch.randint(
+        0, len(inputs), (batch_size,), generator=generator, device="cpu"
+    ).to(inputs.device)
     return inputs[idx], targets[idx]
 
 
@@ -102,8 +111,8 @@ def train(
     if len(inputs) != len(targets):
         raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
     n = len(inputs)
-    check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer, allowed=OPTIMIZERS,
-                   clip=clip, batch_size=batch_size, n=n)
+    check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
+                   allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
     if callable(loss):
         loss_fn = loss
     elif loss == "cross_entropy":
@@ -131,7 +140,9 @@ def train(
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            sets = [("", (inputs, targets))] + ([("test_", test_data)] if test_data is not None else [])
+            sets = [("", (inputs, targets))] + (
+                [("test_", test_data)] if test_data is not None else []
+            )
             for prefix, (x, y) in sets:
                 out = model(x)
                 history[prefix + "loss"].append(float(loss_fn(out, y)))
@@ -148,12 +159,17 @@ def train(
         opt.zero_grad(set_to_none=True)
         value = loss_fn(model(x), y)
         if not torch.isfinite(value):
-            raise FloatingPointError(f"train: the loss became {value.item()} at step {step}; lower lr or clip")
+            raise FloatingPointError(
+                f"train: the loss became {value.item()} at step {step}; lower lr or clip"
+            )
         value.backward()
         batch_norms = None
         if record_grad_norms and (step % eval_every == 0 or step == 1):
             # float64 norm: squares of float32 gradients below ~1e-19 would underflow to zero.
-            batch_norms = {k: float(params[k].grad.double().norm()) if params[k].grad is not None else 0.0 for k in names}
+            batch_norms = {
+                k: float(g.double().norm()) if (g := params[k].grad) is not None else 0.0
+                for k in names
+            }
         if clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
