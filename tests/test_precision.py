@@ -1,4 +1,5 @@
-"""Tests for vanishing.precision: formats, exact underflow depths, gradients per format, timing helpers."""
+"""Tests for vanishing.precision: formats, shrinking products and where they underflow, gradients per
+format, timing helpers."""
 
 import math
 
@@ -18,20 +19,15 @@ def test_format_info_float16_by_hand():
     assert f["max"] == 65504.0
 
 
-@pytest.mark.parametrize(
-    "name, with_sub, ftz",
-    # 0.25**n = 2**(-2n): zero once 2n exceeds -(emin - p), resp. -emin.
-    [("float16", 13, 8), ("bfloat16", 67, 64), ("float32", 75, 64), ("float64", 538, 512)],
-)
-def test_power_underflow_depth_quarter(name, with_sub, ftz):
-    assert precision.power_underflow_depth(0.25, name) == with_sub
-    assert precision.power_underflow_depth(0.25, name, flush_to_zero=True) == ftz
+def test_underflow_steps_half_float16():
+    # smallest float16 subnormal 2**-24 survives; 2**-25 is a tie and rounds to even (zero);
+    # flushed to zero from 2**-15, the first product below the smallest normal 2**-14
+    assert precision.underflow_steps(0.5, fmt="float16") == (15, 25)
 
 
-def test_power_underflow_depth_half_float16():
-    # smallest float16 subnormal 2**-24 survives; 2**-25 is a tie and rounds to even (zero)
-    assert precision.power_underflow_depth(0.5, "float16") == 25
-    assert precision.power_underflow_depth(0.5, "float16", flush_to_zero=True) == 15
+def test_computed_formats_are_the_native_ones_narrowest_first():
+    assert precision.COMPUTED == ("float16", "bfloat16", "float32", "float64")
+    assert all(precision.format_info(f)["native_mul"] for f in precision.COMPUTED)
 
 
 def test_safe_norm():
@@ -82,11 +78,7 @@ def test_time_call_and_throughput_are_positive():
 @pytest.mark.parametrize(
     "call, word",
     [
-        (lambda: precision.dtype_of("float8"), "format"),
-        (lambda: precision.power_underflow_depth(1.5, "float32"), "factor"),
-        (lambda: precision.power_underflow_depth(0.5, "float32", max_depth=0), "max_depth"),
-        (lambda: precision.power_underflow_depth(0.5, "float32", max_depth=10), "max_depth"),
-        (lambda: precision.power_underflow_depth(1e-30, "float16"), "rounds"),
+        (lambda: precision.dtype_of("float8"), "name="),
         (lambda: precision.layer_grad_norms("x", torch.zeros(1, 1), torch.zeros(1)), "model"),
         (lambda: precision.layer_grad_norms(nn.Linear(1, 2), torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), loss_scale=0), "loss_scale"),
         (lambda: precision.zero_depth([]), "norms"),
@@ -104,3 +96,90 @@ def test_errors(call, word):
 
 def test_infinite_norm_passes_through():
     assert math.isinf(precision.safe_norm(torch.tensor([float("inf"), 1.0])))
+
+
+# Shrinking products in every format (the first edition's vanishing.numerics).
+
+
+def test_format_info_float16_layout_by_hand():
+    info = precision.format_info("float16")
+    # IEEE half: 5 exponent bits, 10 fraction bits, normals down to 2**-14, subnormals to 2**-24.
+    assert (info["bits"], info["exponent_bits"], info["mantissa_bits"]) == (16, 5, 10)
+    assert info["smallest_normal"] == 2.0**-14
+    assert info["smallest_subnormal"] == 2.0**-24
+    assert info["max"] == 65504.0
+    assert info["native_mul"] is True
+
+
+def test_float8_layout_and_emulated_multiplication():
+    e4m3 = precision.format_info("float8_e4m3fn")
+    assert (e4m3["exponent_bits"], e4m3["mantissa_bits"]) == (4, 3)
+    assert e4m3["smallest_subnormal"] == 2.0**-9
+    assert precision.format_info("float8_e5m2")["smallest_subnormal"] == 2.0**-16
+
+
+def test_repeated_product_powers_of_two_are_exact_until_underflow():
+    values = precision.repeated_product(0.25, 4, fmt="float32")
+    assert list(values) == [1.0, 0.25, 0.0625, 0.015625, 0.00390625]
+    # 0.25**19 = 2**-38 is a normal float32 number; 0.25**49 = 2**-98 as well.
+    assert precision.repeated_product(0.25, 49, fmt="float32")[19] == 2.0**-38
+    assert precision.repeated_product(0.25, 49, fmt="float32")[49] == 2.0**-98
+
+
+def test_repeated_product_rounds_factor_into_format():
+    # 0.3 is not a float8 number: e4m3 rounds it to 0.3125 = 5/16.
+    values = precision.repeated_product(0.3, 1, fmt="float8_e4m3fn")
+    assert values[1] == 0.3125
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        # 0.25**k = 2**(-2k): subnormal once 2k exceeds the normal exponent range, zero once
+        # 2**(-2k) is at most half the smallest subnormal (the tie rounds to even, i.e. 0).
+        ("float64", (512, 538)),
+        ("float32", (64, 75)),
+        ("bfloat16", (64, 67)),
+        ("float16", (8, 13)),
+        ("float8_e5m2", (8, 9)),
+        ("float8_e4m3fn", (4, 5)),
+    ],
+)
+def test_underflow_steps_quarter(fmt, expected):
+    assert precision.underflow_steps(0.25, fmt=fmt) == expected
+
+
+def test_underflow_steps_none_when_not_reached():
+    assert precision.underflow_steps(0.5, fmt="float32", max_steps=10) == (None, None)
+
+
+@pytest.mark.parametrize("bad", ["float128", "int8", None, 32])
+def test_unknown_format_is_rejected(bad):
+    with pytest.raises(ValueError, match="fmt="):
+        precision.format_info(bad)
+    with pytest.raises(ValueError, match="fmt="):
+        precision.repeated_product(0.5, 2, fmt=bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5", True])
+def test_repeated_product_rejects_bad_factor(bad):
+    with pytest.raises(ValueError, match="factor"):
+        precision.repeated_product(bad, 2)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, True])
+def test_repeated_product_rejects_bad_steps(bad):
+    with pytest.raises(ValueError, match="steps"):
+        precision.repeated_product(0.5, bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.25])
+def test_underflow_steps_rejects_factor_outside_unit_interval(bad):
+    with pytest.raises(ValueError, match="factor"):
+        precision.underflow_steps(bad)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5])
+def test_underflow_steps_rejects_bad_max_steps(bad):
+    with pytest.raises(ValueError, match="max_steps"):
+        precision.underflow_steps(0.5, max_steps=bad)

@@ -17,12 +17,12 @@ gradient, kept apart, on any ``nn.Module``), :mod:`vanishing.train` (a small
 training loop), :mod:`vanishing.seeds` (medians and spreads over seeds),
 :mod:`vanishing.data` (tasks), :mod:`vanishing.recurrent` (sequence models) and
 :mod:`vanishing.plots` (the book's figure style). The chapters add one module
-each for their own machinery: :mod:`vanishing.numerics` (floating-point
-formats), :mod:`vanishing.jacobians` and :mod:`vanishing.dynamics` (the
-prototypical models), :mod:`vanishing.sweeps` (many networks trained at once as
-stacked tensors), :mod:`vanishing.rbm` and :mod:`vanishing.hierarchy`
-(pretraining and history compression), :mod:`vanishing.search` (gradient-free
-search) and :mod:`vanishing.precision` (number formats on hardware).
+each for their own machinery: :mod:`vanishing.precision` (number formats: where a
+shrinking product underflows, and what a format does on hardware),
+:mod:`vanishing.jacobians` and :mod:`vanishing.dynamics` (the prototypical
+models), :mod:`vanishing.sweeps` (many networks trained at once as stacked
+tensors), :mod:`vanishing.rbm` and :mod:`vanishing.hierarchy` (pretraining and
+history compression) and :mod:`vanishing.search` (gradient-free search).
 
 :mod:`vanishing.checkup` diagnoses the gradient flow of any PyTorch model:
 ``vg.checkup.checkup(model, (inputs, targets), loss_fn)``.

@@ -1,29 +1,42 @@
-"""Numbers on hardware: floating-point formats, where a shrinking gradient underflows, and how
-fast a machine multiplies.
+"""Number formats: where a shrinking product underflows, and what a format does on hardware.
 
-A vanishing gradient is a mathematical fact; whether it becomes *exactly
-zero* is a fact about the number format the hardware computes in. This
-module makes both measurable:
+A vanishing gradient is a mathematical fact; whether it becomes *exactly zero*
+is a fact about the number format the hardware computes in. A gradient that
+passes through ``k`` layers is (roughly) a product of ``k`` factors; in a
+floating-point format the product first leaves the normal range (becoming
+*subnormal*, with fewer significant bits) and then rounds to exactly zero. This
+module measures where, from the one table of formats :data:`FORMATS`:
 
-* :func:`format_info` - range and resolution of float16, bfloat16, float32, float64;
-* :func:`power_underflow_depth` - how many multiplications by a factor below one
-  a format survives before the product is exactly zero (with or without
-  subnormals, i.e. with or without flush-to-zero);
-* :func:`layer_grad_norms` - the per-layer gradient of a deep sigmoid network
-  computed in a chosen format, optionally with static loss scaling;
-* :func:`safe_norm` - the measurement core's norm (:func:`vanishing.probes.safe_norm`), which does
-  not itself underflow (``torch.norm`` of a float32 vector of 1e-30s is 0: the squares underflow);
-* :func:`zero_depth` - how far from the output the first exactly-zero gradient sits;
-* :func:`time_call` and :func:`matmul_throughput` - wall-clock timing of a
-  training step or a matrix product on a device (machine-dependent by nature).
+* :func:`format_info` - a format's bit layout, resolution and range;
+* :func:`repeated_product` - ``factor**k`` for ``k = 0..steps``, rounded after every
+  multiplication in the format, as a chain of layer-by-layer products would be;
+* :func:`underflow_steps` - the one underflow counter: the first ``k`` whose product is
+  subnormal (where hardware that flushes subnormals to zero already has zero) and the
+  first whose product is exactly zero;
+* :func:`layer_grad_norms` - the per-layer gradient of a network computed in a chosen
+  format, optionally with static loss scaling, and :func:`zero_depth`, how far from
+  the output the first exactly-zero gradient sits;
+* :func:`safe_norm` - the measurement core's norm (:func:`vanishing.probes.safe_norm`),
+  which does not itself underflow;
+* :func:`time_call` and :func:`matmul_throughput` - wall-clock timing of a training step
+  or a matrix product on a device (machine-dependent by nature).
+
+torch (up to at least 2.13) cannot *multiply* float8 tensors on a CPU, only cast
+to and from them. The product of two float8 numbers has at most 8 significant
+bits and fits a float32 exactly, so multiplying in float32 and rounding the
+result once to float8 gives the correctly rounded float8 product: that is how
+the float8 formats are computed here (``format_info(...)["native_mul"]`` says
+which formats were multiplied natively; :data:`COMPUTED` lists them).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,9 +44,11 @@ from .probes import safe_norm
 
 __all__ = [
     "FORMATS",
+    "COMPUTED",
     "dtype_of",
     "format_info",
-    "power_underflow_depth",
+    "repeated_product",
+    "underflow_steps",
     "layer_grad_norms",
     "zero_depth",
     "safe_norm",
@@ -41,79 +56,124 @@ __all__ = [
     "matmul_throughput",
 ]
 
-#: The floating-point formats the book compares, by name.
-FORMATS: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
+#: Floating-point formats, widest first: name -> (torch dtype, total bits).
+FORMATS: dict[str, tuple[torch.dtype, int]] = {
+    "float64": (torch.float64, 64),
+    "float32": (torch.float32, 32),
+    "bfloat16": (torch.bfloat16, 16),
+    "float16": (torch.float16, 16),
+    "float8_e5m2": (torch.float8_e5m2, 8),
+    "float8_e4m3fn": (torch.float8_e4m3fn, 8),
 }
+
+
+def _check_format(fmt: object, param: str = "fmt") -> tuple[torch.dtype, int]:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise ValueError(f"{param}={fmt!r} is unknown; allowed: {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def _native_mul(dtype: torch.dtype) -> bool:
+    # Whether torch multiplies this dtype on the CPU (float8 raises NotImplementedError).
+    try:
+        _ = torch.ones(1, dtype=dtype) * torch.ones(1, dtype=dtype)
+    except (NotImplementedError, RuntimeError):
+        return False
+    return True
+
+
+#: The formats torch multiplies natively on a CPU, narrowest first: the ones a network can be
+#: trained in there (float16, bfloat16, float32, float64).
+COMPUTED: tuple[str, ...] = tuple(
+    name for name in reversed(FORMATS) if _native_mul(FORMATS[name][0])
+)
+
+
+def format_info(fmt: str) -> dict[str, float | int | bool | str]:
+    """Describe a format: its bits, exponent and mantissa widths and its range.
+
+    Returns ``name``, ``bits``, ``exponent_bits``, ``mantissa_bits`` (stored
+    fraction bits), ``smallest_normal``, ``smallest_subnormal`` (the smallest
+    positive number at all: ``smallest_normal * eps``), ``eps`` (spacing above
+    1), ``max`` and ``native_mul`` (whether torch multiplies it on the CPU).
+    """
+    dtype, bits = _check_format(fmt)
+    fi = torch.finfo(dtype)
+    mantissa = int(round(-math.log2(fi.eps)))
+    return {
+        "name": fmt,
+        "bits": bits,
+        "exponent_bits": bits - 1 - mantissa,
+        "mantissa_bits": mantissa,
+        "smallest_normal": float(fi.smallest_normal),
+        "smallest_subnormal": float(fi.smallest_normal) * float(fi.eps),
+        "eps": float(fi.eps),
+        "max": float(fi.max),
+        "native_mul": _native_mul(dtype),
+    }
+
+
+def repeated_product(factor: float, steps: int, *, fmt: str = "float32") -> np.ndarray:
+    """``factor**k`` for ``k = 0, 1, ..., steps``, multiplied one factor at a time in format
+    ``fmt``.
+
+    The factor itself is first rounded to the format (0.25 is exact in all of
+    them; 0.3 is not). Each partial product is rounded to the format, as in a
+    backward pass that multiplies one layer's factor after another. Returns a
+    float64 NumPy array of length ``steps + 1`` holding the rounded values.
+    """
+    dtype, _ = _check_format(fmt)
+    if (
+        isinstance(factor, bool) or not isinstance(factor, (int, float))
+        or not math.isfinite(factor)
+    ):
+        raise ValueError(f"factor must be a finite number, got {factor!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    native = _native_mul(dtype)
+    work = dtype if native else torch.float32
+    f = torch.tensor(float(factor), dtype=torch.float64).to(dtype).to(work)
+    p = torch.tensor(1.0, dtype=dtype).to(work)
+    out = np.empty(steps + 1)
+    out[0] = float(p)
+    for k in range(1, steps + 1):
+        p = p * f
+        if not native:
+            # float32 holds the product of two float8 numbers exactly: one rounding is correct
+            # rounding.
+            p = p.to(dtype).to(work)
+        out[k] = float(p)
+    return out
+
+
+def underflow_steps(
+    factor: float, *, fmt: str = "float32", max_steps: int = 2000
+) -> tuple[int | None, int | None]:
+    """First number of factors ``k`` at which ``factor**k`` is subnormal, and first at which it
+    is exactly 0.
+
+    Computed with :func:`repeated_product`; ``factor`` must lie strictly
+    between 0 and 1 (a shrinking product). Either entry is ``None`` when it
+    does not happen within ``max_steps`` factors. A layered network of depth
+    ``L`` puts ``L - 1`` such factors between its last and its first layer.
+    On hardware that flushes subnormal results to zero (the FTZ/DAZ modes of
+    CPUs, fast-math GPU code) the product is zero from the first entry on.
+    """
+    _check_format(fmt)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
+        raise ValueError(f"factor must be a number strictly between 0 and 1, got {factor!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    values = repeated_product(factor, max_steps, fmt=fmt)
+    normal = format_info(fmt)["smallest_normal"]
+    sub = np.flatnonzero((values > 0) & (values < normal))
+    zero = np.flatnonzero(values == 0)
+    return (int(sub[0]) if len(sub) else None, int(zero[0]) if len(zero) else None)
 
 
 def dtype_of(name: str) -> torch.dtype:
     """The torch dtype for a format name in :data:`FORMATS`."""
-    if name not in FORMATS:
-        raise ValueError(f"format={name!r} is unknown; allowed: {', '.join(FORMATS)}")
-    return FORMATS[name]
-
-
-def format_info(name: str) -> dict[str, float | int | str]:
-    """Bits, precision and range of format ``name``.
-
-    Returns ``name``, ``bits``, ``mantissa_bits`` (stored fraction bits),
-    ``eps`` (spacing of numbers just above 1), ``smallest_normal``,
-    ``smallest_subnormal`` (the smallest positive number at all: below it a
-    result rounds to zero) and ``max``.
-    """
-    info = torch.finfo(dtype_of(name))
-    mantissa = round(-torch.log2(torch.tensor(info.eps, dtype=torch.float64)).item())
-    return {
-        "name": name,
-        "bits": info.bits,
-        "mantissa_bits": mantissa,
-        "eps": float(info.eps),
-        "smallest_normal": float(info.smallest_normal),
-        # The subnormals are spaced eps * smallest_normal apart, starting there.
-        "smallest_subnormal": float(info.smallest_normal) * float(info.eps),
-        "max": float(info.max),
-    }
-
-
-def power_underflow_depth(
-    factor: float, name: str, *, flush_to_zero: bool = False, max_depth: int = 100_000
-) -> int:
-    """The smallest ``n`` for which multiplying 1 by ``factor`` ``n`` times, in format ``name``,
-    gives exactly 0.
-
-    Each product is rounded to the format, as a chain of layers would round
-    it. ``flush_to_zero=True`` emulates hardware that replaces every subnormal
-    result by zero (the FTZ/DAZ modes of CPUs and of fast-math GPU code), so
-    the chain dies as soon as it drops below the smallest *normal* number.
-    Raises ``ValueError`` if ``factor`` is not in (0, 1) or nothing
-    underflows within ``max_depth`` steps.
-    """
-    if not 0.0 < factor < 1.0:
-        raise ValueError(f"factor must be in (0, 1), got {factor!r}")
-    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
-        raise ValueError(f"max_depth must be a positive int, got {max_depth!r}")
-    dtype = dtype_of(name)
-    tiny = torch.finfo(dtype).smallest_normal
-    value = torch.tensor(1.0, dtype=dtype)
-    step = torch.tensor(factor, dtype=dtype)
-    if step == 0 or step == 1:
-        raise ValueError(
-            f"factor={factor!r} rounds to {float(step)} in {name}; "
-            "pick a factor the format can hold"
-        )
-    for n in range(1, max_depth + 1):
-        value = value * step
-        if flush_to_zero and abs(float(value)) < tiny:
-            value = torch.zeros((), dtype=dtype)
-        if value == 0:
-            return n
-    raise ValueError(
-        f"no underflow within max_depth={max_depth} multiplications by {factor} in {name}"
-    )
+    return _check_format(name, "name")[0]
 
 
 def layer_grad_norms(
