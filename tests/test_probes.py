@@ -92,6 +92,7 @@ def test_in_place_activation_measures_the_pre_activation():
     assert got[1].dead is not None and 0 <= got[1].dead <= 1
     # the in-place activation's statistics view agrees too
     assert probes.activation_stats(net, x) == probes.activation_stats(ref, x)
+    assert probes.inactive_fraction(net, x) == probes.inactive_fraction(ref, x)
 
 
 def test_sparse_embedding_and_a_layer_called_twice():

@@ -564,13 +564,7 @@ def _forward_backward(
             except (RuntimeError, ValueError, TypeError, IndexError) as err:
                 raise ValueError(f"loss_fn failed on the model's output and the targets: "
                                  f"{type(err).__name__}: {err}") from err
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                raise ValueError(
-                    f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. .mean())"
-                )
-            if not loss.requires_grad:
-                raise ValueError("the loss does not depend on any parameter that requires grad")
+            loss = probes.check_loss(loss)
             wanted = [p for _, p in params] + ([leaf] if leaf is not None else [])
             grads = torch.autograd.grad(
                 loss * scale if scale != 1.0 else loss, wanted, allow_unused=True

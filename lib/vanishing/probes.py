@@ -40,6 +40,7 @@ from . import models
 
 __all__ = [
     "SATURATING", "RECTIFIERS", "ACTIVATION_TYPES", "Signal", "signals", "safe_norm", "call",
+    "check_loss",
     "grad_norms", "activation_stats", "update_ratios", "weight_names", "preserved",
     "gradient_profile", "inactive_fraction", "gradient_predictiveness",
 ]
@@ -443,6 +444,12 @@ def _loss(output: Any, targets: Any, loss_fn: Callable | None) -> torch.Tensor:
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
         if loss is None:
             raise ValueError("loss_fn is None and the model's output has no 'loss': pass a loss_fn")
+    return check_loss(loss)
+
+
+def check_loss(loss: object) -> torch.Tensor:
+    """``loss`` if it is a scalar tensor that depends on a parameter; otherwise a ValueError saying
+    what is wrong (the one check every measurement makes of a user's loss)."""
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(
@@ -512,6 +519,36 @@ def grad_norms(
     return {names[p]: 0.0 if (g := grad_of.get(p)) is None else safe_norm(g) for p in order}
 
 
+def _activation_pass(model: nn.Module, inputs: Any, train: bool | None
+                     ) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """One forward pass without gradients: (module, its input, its output) for every activation
+    module, in forward order. The input is copied before the module runs (an in-place activation
+    overwrites it); the model is left as it was (:func:`preserved`)."""
+    inputs_of: dict[nn.Module, torch.Tensor] = {}
+    seen: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+
+    def keep(module: nn.Module, args: tuple) -> None:
+        inputs_of[module] = args[0].detach().clone()
+
+    def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        seen.append((module, inputs_of.pop(module), output.detach()))
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, ACTIVATION_TYPES):
+            handles += [m.register_forward_pre_hook(keep), m.register_forward_hook(record)]
+    if not handles:
+        raise ValueError("model has no activation modules of a known type: "
+                         + ", ".join(t.__name__ for t in ACTIVATION_TYPES))
+    try:
+        with preserved(model, train), torch.no_grad():
+            call(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def activation_stats(
     model: nn.Module,
     inputs: Any,
@@ -535,37 +572,15 @@ def activation_stats(
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
     names = {m: n for n, m in model.named_modules()}
-    stats: list[dict[str, float | str]] = []
     cache: dict = {}
-
-    def keep(module: nn.Module, args: tuple) -> None:
-        inputs_of[module] = args[0].detach().clone()
-
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        out = output.detach().float()
-        saturated, dead = _activation_shares(module, inputs_of.pop(module), threshold, cache)
+    stats: list[dict[str, float | str]] = []
+    for module, x, out in _activation_pass(model, inputs, train):
+        saturated, dead = _activation_shares(module, x, threshold, cache)
+        out = out.float()
         stats.append({"name": names[module], "kind": type(module).__name__,
                       "mean": float(out.mean()),
                       "std": float(out.std()) if out.numel() > 1 else 0.0,
                       "saturated": saturated, "dead": dead})
-
-    # An in-place activation overwrites its input before a forward hook sees it: a pre-hook keeps
-    # a copy.
-    inputs_of: dict[nn.Module, torch.Tensor] = {}
-    handles = []
-    for m in model.modules():
-        if isinstance(m, ACTIVATION_TYPES):
-            handles.append(m.register_forward_pre_hook(keep))
-            handles.append(m.register_forward_hook(hook))
-    if not handles:
-        raise ValueError("model has no activation modules of a known type: "
-                         + ", ".join(t.__name__ for t in ACTIVATION_TYPES))
-    try:
-        with preserved(model, train), torch.no_grad():
-            call(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
     return stats
 
 
@@ -653,22 +668,7 @@ def inactive_fraction(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    seen: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        seen.append(args[0].detach())
-
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ACTIVATION_TYPES)
-    ]
-    if not handles:
-        raise ValueError("model has no activation modules of a known type")
-    try:
-        with preserved(model, train), torch.no_grad():
-            call(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    seen = [x for _, x, _ in _activation_pass(model, inputs, train)]
     return [float((z.reshape(-1, z.shape[-1]) <= 0).all(dim=0).float().mean()) for z in seen]
 
 
