@@ -18,15 +18,17 @@ with ``sweeps.grad_norms_batched`` / ``sweeps.train_batched``. Both run on the C
 torch pinned to one thread (``vg.seed``). The script prints a markdown table of wall
 and CPU times (best of ``--repeats`` interleaved runs), the speed-up and how closely
 the two forms agree, and exits with an error if they disagree beyond float32 rounding
-(``AGREE``) on the gradient norms or on the loss after the first update. A second
-table shows what bounds the training sweeps' speed-up (``speed_limits``): their
-evaluations timed alone in both forms, and their kernels timed alone (``kernel_floor``).
+(``AGREE``) on the gradient norms or on the loss after the first update. It uses only
+the public functions of ``vanishing.sweeps``.
 
     python bench/bench_sweeps.py [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
 
+import vanishing as vg  # first: it pins the CPU kernels before NumPy and torch choose theirs
+
+# isort: split
 import argparse
 import math
 import platform
@@ -37,7 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import vanishing as vg
 from vanishing import data, models, probes, sweeps, train
 
 ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu"]
@@ -99,8 +100,7 @@ def training_05(depths: tuple[int, ...], steps: int, train_set, test_set) -> dic
             out.append(hist["loss"].numpy())
         return np.concatenate(out)
 
-    return {"loop": loop, "batched": batched, "networks": len(depths) * len(ACTS),
-            **speed_limits([nets(d) for d in depths], steps, kw["batch_size"], kw["eval_every"], (train_set, test_set))}
+    return {"loop": loop, "batched": batched, "networks": len(depths) * len(ACTS)}
 
 
 def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test_set) -> dict[str, Callable]:
@@ -128,83 +128,7 @@ def training_08(depths: tuple[int, ...], seeds: int, steps: int, train_set, test
             out.append(hist["loss"].numpy())
         return np.concatenate(out)
 
-    return {"loop": loop, "batched": batched, "networks": len(grid) * seeds,
-            **speed_limits([[build(d, r, s) for s in range(seeds)] for r, d in grid], steps, kw["batch_size"],
-                           kw["eval_every"], (train_set, test_set))}
-
-
-def speed_limits(groups: list[list[models.MLP]], steps: int, batch: int, eval_every: int,
-                 sets: tuple) -> dict[str, Callable]:
-    """What bounds a training sweep's speed-up: its evaluations alone, and its kernels alone (:func:`kernel_floor`).
-
-    The evaluations (both data sets, at step 1 and every ``eval_every``) use large matrix products that
-    are already efficient one network at a time, so they take about as long in either form.
-    ``groups`` holds the sweep's networks as they are stacked; they are built before the clock starts.
-    """
-    times = 1 + steps // eval_every
-
-    def loop() -> None:
-        with torch.no_grad():
-            for group in groups:
-                for net in group:
-                    for _ in range(times):
-                        for x, y in sets:
-                            out = net(x)
-                            float(F.cross_entropy(out, y)), train.accuracy(out, y)
-
-    def batched() -> None:
-        for group in groups:
-            stacked = sweeps.stack_mlps(group)
-            with torch.no_grad():
-                for _ in range(times):
-                    for x, y in sets:
-                        losses, hits = sweeps._evaluate(stacked, x, y, "cross_entropy")
-                        losses.tolist(), hits.tolist()
-
-    return {"eval loop": loop, "eval batched": batched, "kernels": lambda: kernel_floor(groups, steps, batch)}
-
-
-def kernel_floor(groups: list[list[models.MLP]], steps: int, batch: int) -> float:
-    """Seconds that a training sweep's unavoidable kernels take, timed one by one: a lower bound for any form.
-
-    Per step and hidden layer: the forward matrix product, the activation's forward and backward, and the two
-    backward matrix products (weight gradient, input gradient); the read-out's three. Matrix products are timed
-    stacked (``bmm`` over the K networks, the cheaper way to run them); activation kernels on each network's
-    slice, since a stack of different activations runs them per network in either form. Everything else (loss,
-    optimizer, bookkeeping) is left out, so the sweep cannot be faster than this.
-    """
-    def seconds(fn: Callable[[], object]) -> float:
-        for _ in range(20):
-            fn()
-        best = math.inf
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(50):
-                fn()
-            best = min(best, (time.perf_counter() - start) / 50)
-        return best
-
-    total = 0.0
-    for group in groups:
-        stacked = sweeps.stack_mlps(group)
-        k = stacked.size
-        with torch.no_grad():
-            for i, w in enumerate(stacked.weights):
-                fan_out, fan_in = w.shape[1], w.shape[2]
-                h, g = torch.randn(k, batch, fan_in), torch.randn(k, batch, fan_out)
-                z, out, g_out = torch.randn(k, batch, fan_out), torch.empty(k, batch, fan_out), torch.empty(k, batch, fan_out)
-                wt = w.detach().transpose(1, 2)
-                per_step = seconds(lambda h=h, wt=wt, z=z: torch.bmm(h, wt, out=z))  # forward
-                per_step += seconds(lambda g=g, h=h: torch.bmm(g.transpose(1, 2), h))  # weight gradient
-                if i > 0:
-                    per_step += seconds(lambda g=g, w=w: torch.bmm(g, w.detach()))  # input gradient
-                if i < stacked.depth:
-                    for (forward, backward), (start, stop, _) in zip(stacked._kernels(), stacked.groups, strict=True):
-                        zs, outs, gs, g_outs = z[start:stop], out[start:stop], g[start:stop], g_out[start:stop]
-                        per_step += seconds(lambda f=forward, zs=zs, outs=outs: f(zs, outs))
-                        per_step += seconds(lambda b=backward, gs=gs, zs=zs, outs=outs, g_outs=g_outs: b(gs, zs, outs, g_outs))
-                total += steps * per_step
-    return total
+    return {"loop": loop, "batched": batched, "networks": len(grid) * seeds}
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -236,9 +160,7 @@ def main() -> None:
     results: dict[tuple[str, str], np.ndarray] = {}
     for _ in range(args.repeats):
         for name, task in tasks.items():
-            for method in ("loop", "batched", "eval loop", "eval batched"):
-                if method not in task:
-                    continue
+            for method in ("loop", "batched"):
                 start, start_cpu = time.perf_counter(), time.process_time()
                 results[name, method] = task[method]()
                 elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
@@ -270,22 +192,6 @@ def main() -> None:
     loop, stacked, loop_cpu, stacked_cpu = totals
     print(f"| **all three** | | {loop:.2f} | {stacked:.2f} | {loop / stacked:.1f}x | {loop_cpu:.2f} | "
           f"{stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.1f}x | |")
-    print("\nWhat bounds the training sweeps' speed-up. Their evaluations alone (loss and accuracy on the training "
-          "and test sets, as the sweep makes them), in both forms; their kernels alone (kernel_floor: the matrix "
-          "products and activation kernels of every step, each timed on its own, the cheaper way). No form of a "
-          "sweep can beat kernels + evaluation, which gives the largest possible speed-up:\n")
-    print("| sweep | evaluation, loop (s) | evaluation, stacked (s) | share of the stacked sweep "
-          "| speed-up without evaluation | kernels alone (s) | largest possible speed-up | reached |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, task in tasks.items():
-        if "kernels" not in task:
-            continue
-        loop, stacked = best[name, "loop"][0], best[name, "batched"][0]
-        ev_loop, ev_stacked = best[name, "eval loop"][0], best[name, "eval batched"][0]
-        floor = task["kernels"]()
-        print(f"| {name} | {ev_loop:.2f} | {ev_stacked:.2f} | {ev_stacked / stacked:.0%} "
-              f"| {(loop - ev_loop) / (stacked - ev_stacked):.1f}x | {floor:.2f} "
-              f"| {loop / (floor + ev_stacked):.1f}x | {loop / stacked:.1f}x |")
     print("\nTimes: best of the repeats, building the networks included in both forms. CPU time is this "
           "process's, the fairer figure on a busy machine.")
     print("Agreement: the stacked form runs the kernels autograd runs, so gradient norms agree to the last bit "

@@ -83,7 +83,6 @@ def test_grad_norms_mse_and_forward_shapes():
     t = torch.randn(7, 2, generator=g)
     stacked = sweeps.stack_mlps(nets)
     assert (stacked.size, stacked.depth) == (3, 3)
-    assert stacked.activations == ["tanh", "relu", "tanh"]
     assert [(a, b) for a, b, _ in stacked.groups] == [(0, 1), (1, 2), (2, 3)]
     out = stacked.forward(x)
     assert out.shape == (3, 7, 2)
@@ -207,31 +206,6 @@ def test_build_mlp_is_seeded_and_leaves_global_rng_alone():
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), ref.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("steps", [0, 5])
-def test_depth_sweep_batched_matches_loop(steps):
-    x, y = _data(50)
-    kw = dict(depths=[2, 3], activations=["tanh", "relu"], inits=["xavier", "he"], seeds=[0, 1], width=6,
-              data=(x[:20], y[:20]), out_features=3, steps=steps, train_data=(x, y), lr=0.05, batch_size=10,
-              eval_every=2)
-    loop = sweeps.depth_sweep(method="loop", **kw)
-    batched = sweeps.depth_sweep(method="batched", **kw)
-    chunked = sweeps.depth_sweep(method="batched", max_stack=3, **kw)
-    assert len(loop) == len(batched) == 16
-    assert [(r["depth"], r["activation"], r["init"], r["seed"]) for r in batched][:3] == [
-        (2, "tanh", "xavier", 0), (2, "tanh", "xavier", 1), (2, "tanh", "he", 0)]
-    for a, b, c in zip(loop, batched, chunked, strict=True):
-        assert len(b["grad_norms"]) == b["depth"] + 1
-        torch.testing.assert_close(torch.tensor(b["grad_norms"]), torch.tensor(a["grad_norms"]), rtol=1e-5, atol=0)
-        torch.testing.assert_close(torch.tensor(c["grad_norms"]), torch.tensor(a["grad_norms"]), rtol=1e-5, atol=0)
-        if steps:
-            assert a["step"] == b["step"] == [1, 2, 4]
-            torch.testing.assert_close(torch.tensor(b["loss"]), torch.tensor(a["loss"]), rtol=1e-5, atol=0)
-            assert b["final_acc"] == pytest.approx(a["final_acc"])
-            assert a["diverged_at"] is None and b["diverged_at"] is None
-        else:
-            assert "loss" not in b
-
-
 def test_stack_mlps_errors():
     x = _nets([("tanh", "xavier", 0)])[0]
     with pytest.raises(ValueError, match="nets"):
@@ -291,41 +265,6 @@ def test_train_batched_errors(kw, match):
         sweeps.train_batched(stacked, _data(), **args)
     with pytest.raises(ValueError, match="data"):
         sweeps.train_batched(stacked, _data()[0], steps=2, lr=0.1)
-
-
-@pytest.mark.parametrize(
-    "kw,match",
-    [
-        (dict(depths=[]), "depths"),
-        (dict(depths=[0]), "depths"),
-        (dict(activations=["foo"]), "activations"),
-        (dict(activations="tanh"), "activations"),
-        (dict(inits=["bogus"]), "inits"),
-        (dict(seeds=[-1]), "seeds"),
-        (dict(seeds=[]), "seeds"),
-        (dict(width=0), "width"),
-        (dict(out_features=0), "out_features"),
-        (dict(method="vmap"), "method"),
-        (dict(loss="hinge"), "loss"),
-        (dict(steps=-1), "steps"),
-        (dict(max_stack=0), "max_stack"),
-        (dict(batch_seed=-2), "batch_seed"),
-        (dict(data=torch.randn(3, 5)), "data"),
-        (dict(device="tpu"), "device"),
-    ],
-)
-def test_depth_sweep_errors(kw, match):
-    args = dict(depths=[2], activations=["tanh"], inits=["xavier"], seeds=[0], width=4, data=_data(),
-                out_features=3) | kw
-    with pytest.raises(ValueError, match=match):
-        sweeps.depth_sweep(**args)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_depth_sweep_absent_cuda_is_a_value_error():
-    with pytest.raises(ValueError, match="cuda"):
-        sweeps.depth_sweep(depths=[2], activations=["tanh"], inits=["xavier"], seeds=[0], width=4, data=_data(),
-                           out_features=3, device="cuda")
 
 
 def test_build_mlp_rejects_bad_seed():

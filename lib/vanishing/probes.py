@@ -643,7 +643,7 @@ def gradient_profile(
             in_features=inputs.shape[1], out_features=out_features, depth=depth, width=width,
             activation=activation, init=init, norm=norm,
         ).to(inputs.device))
-    from . import sweeps  # here, not at the top: sweeps itself builds on this module
+    from . import sweeps  # here, not at the top: sweeps imports train, which imports probes
 
     stacked_loss = {
         nn.functional.cross_entropy: "cross_entropy", nn.functional.mse_loss: "mse"
