@@ -1,0 +1,276 @@
+"""The learner's path, walked the way a learner walks it.
+
+Two tests, each on copies of the chapters in a temporary folder (the committed
+notebooks and their stored outputs are never touched):
+
+- ``test_chapter_runs_in_jupyterlab``: JupyterLab, as the README's laptop path
+  starts it, serving on loopback with a token; Debian's Chromium, driven by
+  Playwright, opens a chapter, accepts the kernel JupyterLab offers, chooses
+  Kernel > "Restart Kernel and Run All Cells", confirms, waits, and saves. Every
+  code cell must have run with no error output, and every figure the chapter
+  stores must have been drawn again and decoded by the browser.
+- ``test_downloaded_notebook_installs_the_library``: the ``.ipynb`` the site's
+  download button gives, executed alone in a fresh environment that holds the
+  pinned requirements but neither the library nor the repository, so its setup
+  cell's install guard must run its own ``%pip install`` command (see the test's
+  docstring for what is substituted for the network, and why).
+
+By default both run the shortest chapter (03_dynamical_system, about 8 s at
+``small`` scale); ``VANISHING_LEARNER_ALL=1`` runs every chapter (slow: the sum of
+all chapters' times, twice). Nothing here reaches the network: JupyterLab's news,
+update check and extension manager are switched off, and the browser aborts, and
+the test reports, any request that is not to the local server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+# The shortest chapter at small scale (README, Measurements: 7.9 s alone), with figures.
+SHORTEST = "03_dynamical_system"
+ALL = os.environ.get("VANISHING_LEARNER_ALL", "") not in ("", "0")
+CHAPTERS = sorted(p.stem for p in (ROOT / "chapters").glob("*.ipynb")) if ALL else [SHORTEST]
+RUN_SECONDS = 900  # one chapter's "run all", generous for a loaded machine (the budget alone is 60 s)
+SERVER_START_SECONDS = 120
+SHUTDOWN_SECONDS = 30
+
+
+def _stripped_copy(chapter: str, folder: Path) -> Path:
+    """Copy a chapter without its outputs, so that every output the test sees is one this run made."""
+    nb = nbformat.read(ROOT / "chapters" / f"{chapter}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    path = folder / f"{chapter}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _figures(path: Path) -> int:
+    """How many figures (PNG outputs) a notebook holds."""
+    nb = nbformat.read(path, as_version=4)
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def _ran(path: Path) -> bool:
+    """Whether the first code cell of a notebook on disk has run (it has been saved since it ran)."""
+    nb = nbformat.read(path, as_version=4)
+    return next(c for c in nb.cells if c.cell_type == "code").execution_count is not None
+
+
+def _problems(path: Path) -> list[str]:
+    """Code cells of an executed notebook that did not run or raised, each with its first line."""
+    nb = nbformat.read(path, as_version=4)
+    found = []
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        head = cell.source.splitlines()[0] if cell.source else ""
+        if cell.execution_count is None:
+            found.append(f"code cell {i + 1} did not run: {head}")
+        for out in cell.outputs:
+            if out.output_type == "error":
+                found.append(f"code cell {i + 1} raised {out.ename}: {out.evalue} ({head})")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# JupyterLab in Chromium
+
+
+class Lab:
+    """A JupyterLab server on 127.0.0.1 with a random token, isolated from the user's Jupyter setup."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.notebooks = home / "notebooks"
+        self.notebooks.mkdir()
+        self.token = secrets.token_hex(24)
+        self.log = home / "server.log"
+        config, settings = home / "config", home / "settings" / "@jupyterlab" / "apputils-extension"
+        config.mkdir()
+        settings.mkdir(parents=True)
+        # Server side: no news feed, no update check, an extension manager that never asks PyPI.
+        (config / "jupyter_server_config.json").write_text(json.dumps({
+            "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+                       "extension_manager": "readonly"},
+        }))
+        # Browser side: do not ask whether to fetch news (a toast that would cover the notebook).
+        (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        self.env = dict(
+            os.environ,
+            JUPYTER_CONFIG_DIR=str(config), JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+            JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        )
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
+                 f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.notebooks}",
+                 "--ServerApp.allow_root=True", "--ServerApp.terminals_enabled=False"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"JupyterLab exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}", pytrace=False)
+            info = list((self.home / "runtime").glob("jpserver-*.json"))
+            if info:
+                self.url = json.loads(info[0].read_text())["url"].rstrip("/")
+                return
+            time.sleep(0.2)
+        pytest.fail(f"JupyterLab did not start in {SERVER_START_SECONDS} s:\n{self.log.read_text()[-3000:]}", pytrace=False)
+
+    def api(self, path: str, method: str = "GET") -> object:
+        request = urllib.request.Request(f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def stop_kernels(self) -> None:
+        """End every session and its kernel (one chapter's kernel holds up to 600 MB)."""
+        for session in self.api("/api/sessions"):
+            self.api(f"/api/sessions/{session['id']}", method="DELETE")
+
+    def stop(self) -> None:
+        """Ask the server to shut down (it ends its kernels); then SIGTERM, then SIGKILL, each bounded."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.api("/api/shutdown", method="POST")
+            self.proc.wait(SHUTDOWN_SECONDS)
+            return
+        except Exception:
+            pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(10)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    server = Lab(tmp_path_factory.mktemp("lab"))
+    try:
+        server.start()
+        news = server.api("/lab/api/news")
+        assert news == {"news": []}, f"JupyterLab would fetch news from the network: {news}"
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package", pytrace=False)
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        yield b
+        b.close()
+
+
+def _wait(page, predicate, seconds: float, what: str, on_dialog=None) -> None:
+    """Poll the page until predicate() holds; accept a dialog with on_dialog meanwhile, if given."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if on_dialog is not None and page.locator(".jp-Dialog").count():
+            on_dialog(page.locator(".jp-Dialog"))
+        if predicate():
+            return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+PROMPTS = "() => Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')).map(e => e.textContent.trim())"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_runs_in_jupyterlab(lab, browser, chapter):
+    path = _stripped_copy(chapter, lab.notebooks)
+    stored_figures = _figures(ROOT / "chapters" / f"{chapter}.ipynb")
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    outside, errors = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"Uncaught {e}"))
+
+    def route(r):
+        if r.request.url.startswith((lab.url, "data:", "blob:")):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    try:
+        page.goto(f"{lab.url}/lab/tree/{path.name}?token={lab.token}")
+        indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
+        kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+
+        def pick_kernel(dialog):
+            # JupyterLab asks which kernel to start, offering the notebook's own (Python 3): a learner clicks "Select".
+            assert "Select Kernel" in dialog.inner_text(), f"unexpected dialog: {dialog.inner_text()}"
+            dialog.locator("button.jp-mod-accept").click()
+
+        _wait(page, lambda: kernel_name.count() and "Python 3" in kernel_name.inner_text()
+              and indicator.get_attribute("data-status") == "idle",
+              SERVER_START_SECONDS, "the notebook to open with an idle Python 3 kernel", on_dialog=pick_kernel)
+
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Kernel$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel and Run All Cells").click()
+        dialog = page.locator(".jp-Dialog")
+        dialog.wait_for(timeout=30_000)
+        assert "Restart" in dialog.inner_text(), f"unexpected dialog: {dialog.inner_text()}"
+        dialog.locator("button.jp-mod-accept").click()
+        start = time.monotonic()
+
+        def finished():
+            prompts = page.evaluate(PROMPTS)
+            return (prompts and re.fullmatch(r"\[\d+\]:", prompts[0]) and not any("*" in p for p in prompts)
+                    and indicator.get_attribute("data-status") == "idle")
+
+        _wait(page, finished, RUN_SECONDS, f"{chapter} to finish running")
+        print(f"{chapter}: Restart Kernel and Run All Cells took {time.monotonic() - start:.1f} s in JupyterLab")
+
+        # What the learner sees: every figure decoded by the browser.
+        images = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output img'))"
+                               ".map(i => i.complete && i.naturalWidth > 0)")
+        assert all(images), f"{chapter}: {images.count(False)} of {len(images)} figures did not render in JupyterLab"
+        assert len(images) == stored_figures, f"{chapter}: {len(images)} figures drawn in JupyterLab, {stored_figures} stored"
+
+        # What the kernel produced: saved through the UI (File > Save Notebook), read back from disk.
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
+        _wait(page, lambda: _ran(path) and not page.locator(".jp-mod-dirty").count(), 60, "the notebook to be saved")
+        assert not _problems(path), f"{chapter} in JupyterLab:\n" + "\n".join(_problems(path))
+        assert _figures(path) == stored_figures, f"{chapter}: {_figures(path)} figures saved, {stored_figures} stored"
+        assert not outside, f"JupyterLab tried to reach the network: {outside}"
+        assert not errors, f"console errors in JupyterLab running {chapter}: {errors}"
+    finally:
+        context.close()
+        lab.stop_kernels()
