@@ -7,8 +7,9 @@ notebooks and their stored outputs are never touched):
   starts it, serving on loopback with a token; Debian's Chromium, driven by
   Playwright, opens a chapter, accepts the kernel JupyterLab offers, chooses
   Kernel > "Restart Kernel and Run All Cells", confirms, waits, and saves. Every
-  code cell must have run with no error output, and every figure the chapter
-  stores must have been drawn again and decoded by the browser.
+  code cell must have run with no error output, every figure the chapter
+  stores must have been drawn again and decoded by the browser, and the server
+  and its kernel together must have stayed under Binder's 2 GB.
 - ``test_downloaded_notebook_installs_the_library``: the ``.ipynb`` the site's
   download button gives, executed alone in a fresh environment that holds the
   pinned requirements but neither the library nor the repository, so its setup
@@ -22,9 +23,10 @@ times, twice: the README's table of chapter times sums to 482 s)::
 
     python -m pytest tests/test_learner.py --learner-chapters all
 
-(``--learner-chapters 05_activations,08_residual`` picks chapters by name.) Nothing here reaches the network: JupyterLab's news,
-update check and extension manager are switched off, and the browser aborts, and
-the test reports, any request that is not to the local server.
+(``--learner-chapters 05_activations,08_residual`` picks chapters by name.)
+Nothing here reaches the network: JupyterLab's news, update check and extension
+manager are switched off, and the browser aborts, and the test reports, any
+request that is not to the local server (tools/learner_ui.py).
 """
 
 from __future__ import annotations
@@ -32,24 +34,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, str(ROOT / "tools"))
+import learner_ui  # noqa: E402  (tools/ is not a package)
+
+sys.path.pop(0)
 # The `jupyter` command the install puts beside this Python (the one the README tells a learner to type).
 JUPYTER = str(Path(sys.executable).parent / "jupyter")
 # The shortest chapter at small scale (README, Measurements: 7.9 s alone), with figures.
 SHORTEST = "03_dynamical_system"
+RUN_SECONDS = 900  # one chapter's "run all", generous for a loaded machine (the budget alone is 60 s)
+BINDER_MB = 2048  # Binder's memory limit, for the server and its kernel together
 
 
 def pytest_generate_tests(metafunc):
@@ -63,10 +67,6 @@ def pytest_generate_tests(metafunc):
     if unknown:
         raise ValueError(f"--learner-chapters: no such chapter {unknown}; allowed: 'all' or names from {every}")
     metafunc.parametrize("chapter", chapters)
-
-RUN_SECONDS = 900  # one chapter's "run all", generous for a loaded machine (the budget alone is 60 s)
-SERVER_START_SECONDS = 120
-SHUTDOWN_SECONDS = 30
 
 
 def _stripped_copy(chapter: str, folder: Path) -> Path:
@@ -86,110 +86,13 @@ def _figures(path: Path) -> int:
     return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def _ran(path: Path) -> bool:
-    """Whether the first code cell of a notebook on disk has run (it has been saved since it ran)."""
-    nb = nbformat.read(path, as_version=4)
-    return next(c for c in nb.cells if c.cell_type == "code").execution_count is not None
-
-
-def _problems(path: Path) -> list[str]:
-    """Code cells of an executed notebook that did not run or raised, each with its first line."""
-    nb = nbformat.read(path, as_version=4)
-    found = []
-    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
-        head = cell.source.splitlines()[0] if cell.source else ""
-        if cell.execution_count is None:
-            found.append(f"code cell {i + 1} did not run: {head}")
-        for out in cell.outputs:
-            if out.output_type == "error":
-                found.append(f"code cell {i + 1} raised {out.ename}: {out.evalue} ({head})")
-    return found
-
-
 # ---------------------------------------------------------------------------------------------
-# JupyterLab in Chromium
-
-
-class Lab:
-    """A JupyterLab server on 127.0.0.1 with a random token, isolated from the user's Jupyter setup."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.notebooks = home / "notebooks"
-        self.notebooks.mkdir()
-        self.token = secrets.token_hex(24)
-        self.log = home / "server.log"
-        config, settings = home / "config", home / "settings" / "@jupyterlab" / "apputils-extension"
-        config.mkdir()
-        settings.mkdir(parents=True)
-        # Server side: no news feed, no update check, an extension manager that never asks PyPI.
-        (config / "jupyter_server_config.json").write_text(json.dumps({
-            "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
-                       "extension_manager": "readonly"},
-        }))
-        # Browser side: do not ask whether to fetch news (a toast that would cover the notebook).
-        (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-        self.env = dict(
-            os.environ,
-            JUPYTER_CONFIG_DIR=str(config), JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-            JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
-        )
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                # The README's laptop path, `jupyter lab chapters/`, with what a test needs added: no browser of its
-                # own, loopback, a free port, a known token.
-                [JUPYTER, "lab", str(self.notebooks), "--no-browser", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
-                 f"--IdentityProvider.token={self.token}", "--ServerApp.allow_root=True", "--ServerApp.terminals_enabled=False"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"JupyterLab exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}", pytrace=False)
-            info = list((self.home / "runtime").glob("jpserver-*.json"))
-            if info:
-                self.url = json.loads(info[0].read_text())["url"].rstrip("/")
-                return
-            time.sleep(0.2)
-        pytest.fail(f"JupyterLab did not start in {SERVER_START_SECONDS} s:\n{self.log.read_text()[-3000:]}", pytrace=False)
-
-    def api(self, path: str, method: str = "GET") -> object:
-        request = urllib.request.Request(f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = response.read()
-        return json.loads(body) if body else None
-
-    def stop_kernels(self) -> None:
-        """End every session and its kernel (one chapter's kernel holds up to 600 MB)."""
-        for session in self.api("/api/sessions"):
-            self.api(f"/api/sessions/{session['id']}", method="DELETE")
-
-    def stop(self) -> None:
-        """Ask the server to shut down (it ends its kernels); then SIGTERM, then SIGKILL, each bounded."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            self.api("/api/shutdown", method="POST")
-            self.proc.wait(SHUTDOWN_SECONDS)
-            return
-        except Exception:
-            pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(10)
-                return
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+# JupyterLab in Chromium (tools/learner_ui.py drives it)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    server = Lab(tmp_path_factory.mktemp("lab"))
+    server = learner_ui.Lab(tmp_path_factory.mktemp("lab"), jupyter=JUPYTER)
     try:
         server.start()
         news = server.api("/lab/api/news")
@@ -202,96 +105,30 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package", pytrace=False)
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
+        b = learner_ui.chromium(p)
         yield b
         b.close()
-
-
-def _wait(page, predicate, seconds: float, what: str, on_dialog=None) -> None:
-    """Poll the page until predicate() holds; accept a dialog with on_dialog meanwhile, if given."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if on_dialog is not None and page.locator(".jp-Dialog").count():
-            on_dialog(page.locator(".jp-Dialog"))
-        if predicate():
-            return
-        page.wait_for_timeout(500)
-    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
-
-
-PROMPTS = "() => Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')).map(e => e.textContent.trim())"
 
 
 def test_chapter_runs_in_jupyterlab(lab, browser, chapter):
     path = _stripped_copy(chapter, lab.notebooks)
     stored_figures = _figures(ROOT / "chapters" / f"{chapter}.ipynb")
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    outside, errors = [], []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"Uncaught {e}"))
+    peak = learner_ui.PeakMemory(lab)
+    walk = learner_ui.run_all(browser, lab, path.name, RUN_SECONDS, every_poll=peak)
+    print(f"{chapter}: Restart Kernel and Run All Cells took {walk.seconds:.1f} s in JupyterLab; "
+          f"server and kernel peaked at {peak.total:.0f} MB")
 
-    def route(r):
-        if r.request.url.startswith((lab.url, "data:", "blob:")):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    page.route("**/*", route)
-    try:
-        page.goto(f"{lab.url}/lab/tree/{path.name}?token={lab.token}")
-        indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
-        kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
-
-        def pick_kernel(dialog):
-            # JupyterLab asks which kernel to start, offering the notebook's own (Python 3): a learner clicks "Select".
-            assert "Select Kernel" in dialog.inner_text(), f"unexpected dialog: {dialog.inner_text()}"
-            dialog.locator("button.jp-mod-accept").click()
-
-        _wait(page, lambda: kernel_name.count() and "Python 3" in kernel_name.inner_text()
-              and indicator.get_attribute("data-status") == "idle",
-              SERVER_START_SECONDS, "the notebook to open with an idle Python 3 kernel", on_dialog=pick_kernel)
-
-        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Kernel$")).click()
-        page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel and Run All Cells").click()
-        dialog = page.locator(".jp-Dialog")
-        dialog.wait_for(timeout=30_000)
-        assert "Restart" in dialog.inner_text(), f"unexpected dialog: {dialog.inner_text()}"
-        dialog.locator("button.jp-mod-accept").click()
-        start = time.monotonic()
-
-        def finished():
-            prompts = page.evaluate(PROMPTS)
-            return (prompts and re.fullmatch(r"\[\d+\]:", prompts[0]) and not any("*" in p for p in prompts)
-                    and indicator.get_attribute("data-status") == "idle")
-
-        _wait(page, finished, RUN_SECONDS, f"{chapter} to finish running")
-        print(f"{chapter}: Restart Kernel and Run All Cells took {time.monotonic() - start:.1f} s in JupyterLab")
-
-        # What the kernel produced: saved through the UI (File > Save Notebook), read back from disk.
-        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
-        _wait(page, lambda: _ran(path) and not page.locator(".jp-mod-dirty").count(), 60, "the notebook to be saved")
-        assert not _problems(path), f"{chapter} in JupyterLab:\n" + "\n".join(_problems(path))
-        assert _figures(path) == stored_figures, f"{chapter}: {_figures(path)} figures saved, {stored_figures} stored"
-        # What the learner sees: every figure drawn and decoded by the browser.
-        images = page.evaluate("() => Array.from(document.querySelectorAll('.jp-OutputArea-output img'))"
-                               ".map(i => i.complete && i.naturalWidth > 0)")
-        assert len(images) == stored_figures, f"{chapter}: {len(images)} figures shown in JupyterLab, {stored_figures} stored"
-        assert all(images), f"{chapter}: {images.count(False)} of {len(images)} figures did not render in JupyterLab"
-        assert not outside, f"JupyterLab tried to reach the network: {outside}"
-        assert not errors, f"console errors in JupyterLab running {chapter}: {errors}"
-    finally:
-        context.close()
-        lab.stop_kernels()
+    # What the kernel produced: saved through the UI (File > Save Notebook), read back from disk.
+    assert not learner_ui.problems(path), f"{chapter} in JupyterLab:\n" + "\n".join(learner_ui.problems(path))
+    assert _figures(path) == stored_figures, f"{chapter}: {_figures(path)} figures saved, {stored_figures} stored"
+    # What the learner sees: every figure drawn and decoded by the browser.
+    assert len(walk.images) == stored_figures, f"{chapter}: {len(walk.images)} figures shown in JupyterLab, {stored_figures} stored"
+    assert all(walk.images), f"{chapter}: {walk.images.count(False)} of {len(walk.images)} figures did not render in JupyterLab"
+    assert not walk.outside, f"JupyterLab tried to reach the network: {walk.outside}"
+    assert not walk.errors, f"console errors in JupyterLab running {chapter}: {walk.errors}"
+    # What Binder would allow: the server and the chapter's kernel together.
+    assert 0 < peak.total < BINDER_MB, f"{chapter}: JupyterLab and its kernel peaked at {peak.total:.0f} MB (Binder: {BINDER_MB} MB)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +265,7 @@ def test_downloaded_notebook_installs_the_library(mirror, tmp_path, chapter):
         nbformat.write(nb, notebook)
     print(f"{chapter}: the downloaded notebook, library installed by its setup cell, ran in {time.monotonic() - start:.1f} s")
 
-    assert not _problems(notebook), f"{chapter}, downloaded and run alone:\n" + "\n".join(_problems(notebook))
+    assert not learner_ui.problems(notebook), f"{chapter}, downloaded and run alone:\n" + "\n".join(learner_ui.problems(notebook))
     assert _figures(notebook) == _figures(source), f"{chapter}: {_figures(notebook)} figures drawn, {_figures(source)} stored"
     installed = list((python.parent.parent / ENV_SITE).glob("vanishing-*.dist-info"))
     assert len(installed) == 1, "the setup cell did not install the library into the fresh environment"
