@@ -203,6 +203,8 @@ def _learner_env(home: Path, python: Path, url: str, mirror_path: Path) -> dict[
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("PIP_", "GIT_", "JUPYTER"))}
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([str(python.parent)] + [p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin])
+    # PIP_NO_BUILD_ISOLATION="0" means --no-build-isolation: pip reads a false value of a --no-* option's
+    # variable as the option given (pypa/pip#5735); with isolation on, this offline install would fail.
     env.update(
         HOME=str(home / "home"), PYTHONNOUSERSITE="1", MPLCONFIGDIR=str(home / "mpl"),
         GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0",
