@@ -228,7 +228,8 @@ def run_all(browser, lab: Lab, name: str, seconds: float, every_poll: Callable[[
 
     page.route("**/*", route)
     try:
-        page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+        # ?reset: a fresh workspace, so that the notebooks an earlier walk opened are not restored beside this one.
+        page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
         indicator = page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator")
         kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
 
