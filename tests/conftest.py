@@ -24,6 +24,14 @@ os.environ.pop("MPLBACKEND", None)
 kernels.pin()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--learner-chapters", default=None, metavar="all|NAME,NAME",
+        help="tests/test_learner.py: the chapters run in JupyterLab and as downloaded notebooks; "
+             "'all' (slow) or chapter names, comma-separated (default: the shortest, 03_dynamical_system)",
+    )
+
+
 def pytest_collectstart(collector):
     if getattr(collector, "fspath", None) is not None and collector.fspath.ext == ".ipynb":
         collector.skip_compare = (*collector.skip_compare, "image/svg+xml", "stderr")
