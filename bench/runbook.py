@@ -1,4 +1,4 @@
-"""The full-scale runbook: what the book measures on one GPU, in at most eight minutes, into one data file.
+"""The full-scale runbook: what the book measures on one GPU, aiming at eight minutes in all, into one data file.
 
     python bench/runbook.py                          # on a CUDA machine: writes bench/results/<gpu name>.json
     python bench/runbook.py --quick --out run.json   # on the CPU at tiny sizes: the same code path (the CI test)
@@ -14,9 +14,13 @@ CUDA and cuDNN versions, CPU) and, each section timed:
 2. ``training_step``: one SGD step of chapter 12's deep sigmoid network, on the CPU (all
    its cores) and on the GPU, at chapter 12's ``small`` and ``full`` sizes;
 3. ``underflow``: where powers of 1/4 become subnormal and zero in each format when the
-   GPU multiplies; whether matrix products (the tensor-core paths) keep a subnormal input
-   and a subnormal product; where the first exactly-zero gradient of chapter 12's
-   520-layer sigmoid network sits in each format; each beside the CPU's answer;
+   GPU multiplies (PyTorch's elementwise float16 and bfloat16 kernels compute in float32
+   and round, and float8 is emulated, so this tests conversions and the GPU's float32
+   subnormal handling, not tensor-core arithmetic: it will very likely match the CPU);
+   whether matrix products (the tensor-core paths) keep a subnormal input and a subnormal
+   result; whether TF32 was really used in the float32 products that allowed it (a product
+   that TF32 rounds differently from float32); where the first exactly-zero gradient of
+   chapter 12's 520-layer sigmoid network sits in each format; each beside the CPU's answer;
 4. ``grad_scaler``: ``torch.amp.GradScaler`` with float16 autocast on the GPU (chapter 12's
    40-layer network), and bfloat16 autocast without it;
 5. ``chapters``: each chapter's heaviest experiment (:data:`HEAVIEST`) under
@@ -24,7 +28,10 @@ CUDA and cuDNN versions, CPU) and, each section timed:
    cells the experiment needs (sliced by ``tools/cell_slice.py``, as the try-it test does)
    and the experiment's own cell, in a fresh kernel, within its share of the time left.
    Cheapest first, so that time a quick chapter leaves goes to the heavier ones. A chapter
-   that does not finish in its share is recorded as such, with the seconds it had.
+   that does not finish at ``full`` in its share is recorded as such, with the seconds it
+   had, and then run at ``small`` on the GPU in what is left of the budget (a second row,
+   ``fallback_for: full``), the largest size known to fit. Each limit keeps a margin
+   (:data:`CHAPTER_MARGIN_S`) for stopping the kernel, which happens outside the limit.
 
 The file is written after every section, so a run cut short keeps what it measured.
 Chapters read tables from such files (chapter 12 reads ``bench/results/*.json``); their
@@ -87,11 +94,15 @@ HEAVIEST: dict[str, tuple[str, float]] = {
     "a1_checking_sources": ("from torch import nn", 1.47),
 }
 
+#: Seconds kept back from each chapter's limit: stopping a kernel after a timeout takes a few seconds that the
+#: limit does not count (about 3 s measured on the CPU).
+CHAPTER_MARGIN_S = 4.0
+
 #: Sizes per mode. ``gpu`` is the real run; ``quick`` the CPU test of the same code path.
 SIZES = {
     "gpu": dict(matmul=(256, 512, 1024, 2048, 4096, 8192), repeat=10, step_repeat=5,
                 steps={"small": dict(depth=20, width=256, batch=256), "full": dict(depth=50, width=1024, batch=1024)},
-                chain=dict(depth=520, width=16, batch=16), amp=dict(depth=40, width=16, batch=16), probe_n=64,
+                chain=dict(depth=520, width=16, batch=16), amp=dict(depth=40, width=16, batch=16), probe_n=256,
                 min_chapter_s=20.0),
     "quick": dict(matmul=(32, 64), repeat=2, step_repeat=2,
                   steps={"tiny": dict(depth=4, width=32, batch=32)},
@@ -110,9 +121,11 @@ MATMUL_FORMATS = {
 
 #: Products whose result (or input) is subnormal in the format: (format, what, a, b). A matrix product
 #: (a I) (b 1) puts a * b in every entry, through the same kernels (tensor cores on a GPU) as any other.
+#: float16's "subnormal result" 2^-20 is a normal float32 number: in a float32-accumulating tensor core it tests
+#: only the conversion of the result into float16. The other "subnormal product"s are subnormal in float32 too.
 SUBNORMAL_PROBES = [
     ("float16", "subnormal input", 2.0**-20, 1.0),
-    ("float16", "subnormal product", 2.0**-10, 2.0**-10),
+    ("float16", "subnormal result", 2.0**-10, 2.0**-10),
     ("bfloat16", "subnormal input", 2.0**-130, 1.0),
     ("bfloat16", "subnormal product", 2.0**-65, 2.0**-65),
     ("float32", "subnormal input", 2.0**-130, 1.0),
@@ -199,11 +212,14 @@ def has_fp8(device: torch.device) -> bool:
     return device.type == "cpu" or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9))
 
 
-def _fp8_matmul(a: torch.Tensor, b: torch.Tensor, scale_a: float = 1.0, scale_b: float = 1.0) -> torch.Tensor:
-    # torch._scaled_mm wants the second operand column-major and the scales as float32 tensors.
-    sa = torch.tensor(scale_a, device=a.device)
-    sb = torch.tensor(scale_b, device=a.device)
-    return torch._scaled_mm(a, b.t().contiguous().t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
+def _fp8_matmul(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor) -> torch.Tensor:
+    # torch._scaled_mm wants the second operand column-major and the scales as float32 tensors on the device,
+    # made once by the caller (a copy to the GPU inside a timed call would be timed too).
+    return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.float32)
+
+
+def _scale(value: float, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32, device=device)
 
 
 def matmul_throughput(device: torch.device, sizes: tuple[int, ...], repeat: int) -> list[dict]:
@@ -218,9 +234,10 @@ def matmul_throughput(device: torch.device, sizes: tuple[int, ...], repeat: int)
                 if dtype == torch.float8_e4m3fn:
                     gen = torch.Generator().manual_seed(0)
                     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-                    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-                    seconds = precision.time_call(lambda a=a, b=b: _fp8_matmul(a, b), repeat=repeat, warmup=1,
-                                                  device=device)
+                    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype).t().contiguous().t()
+                    one = _scale(1.0, device)
+                    seconds = precision.time_call(lambda a=a, b=b, one=one: _fp8_matmul(a, b, one, one), repeat=repeat,
+                                                  warmup=1, device=device)
                     flops = 2.0 * n**3 / seconds
                 else:
                     flops = precision.matmul_throughput(n, name=str(dtype).removeprefix("torch."), device=device,
@@ -250,13 +267,15 @@ def _probe(name: str, what: str, a: float, b: float, n: int, device: torch.devic
     dtype, allow = MATMUL_FORMATS[name]
     eye = torch.eye(n, device=device)
     ones = torch.ones(n, n, device=device)
+    col = torch.ones(n, n, device=device, dtype=dtype).t().contiguous().t() if dtype == torch.float8_e4m3fn else None
     with tf32(allow):
         if dtype == torch.float8_e4m3fn and what == "subnormal product":
             # float8 cannot hold a factor whose square is subnormal in float32: the scales carry a and b
-            got = _fp8_matmul(eye.to(dtype), ones.to(dtype), scale_a=a, scale_b=b)
+            got = _fp8_matmul(eye.to(dtype), col, _scale(a, device), _scale(b, device))
             out_dtype = torch.float32
         elif dtype == torch.float8_e4m3fn:
-            got = _fp8_matmul((a * eye).to(dtype), (b * ones).to(dtype))
+            got = _fp8_matmul((a * eye).to(dtype), (b * col.float()).to(dtype).t().contiguous().t(),
+                              _scale(1.0, device), _scale(1.0, device))
             out_dtype = torch.float32
         else:
             got = (a * eye).to(dtype) @ (b * ones).to(dtype)
@@ -269,9 +288,25 @@ def _probe(name: str, what: str, a: float, b: float, n: int, device: torch.devic
     return {"format": name, "a": a, "b": b, "exact": exact, "got": value, "verdict": verdict}
 
 
+def tf32_used(n: int, device: torch.device) -> bool:
+    """Whether a float32 n x n product with TF32 allowed really ran in TF32: (1 + 2^-12) I times 1 is exactly
+    1 + 2^-12 in float32, and exactly 1 when the inputs are cut to TF32's 10 fraction bits. cuBLAS may choose a
+    kernel without TF32 for small products, so a subnormal probe or a first zero is read as TF32's only if this
+    is True at its size."""
+    a = (1.0 + 2.0**-12) * torch.eye(n, device=device)
+    with tf32(True):
+        return float((a @ torch.ones(n, n, device=device))[0, 0]) == 1.0
+
+
 def underflow(device: torch.device, chain: dict, probe_n: int) -> dict:
-    """Underflow on ``device`` beside the CPU: powers of 1/4, matrix-product probes, a deep network's first zero."""
-    out: dict = {"powers": [], "probes": [], "chain": dict(chain), "chain_first_zero": []}
+    """Underflow on ``device`` beside the CPU: powers of 1/4, matrix-product probes, a deep network's first zero.
+
+    The powers of 1/4 go through PyTorch's elementwise kernels, which compute float16 and bfloat16 in float32 and
+    round, and emulate float8: on a GPU they test the conversions and its float32 subnormal handling, not tensor
+    cores, and will very likely match the CPU. The matrix-product probes and the network are what reach the
+    tensor cores; ``tf32_used`` records whether TF32 really ran at the probes' and the network's sizes."""
+    out: dict = {"powers": [], "probes": [], "chain": dict(chain), "chain_first_zero": [],
+                 "tf32_used": {str(n): tf32_used(n, device) for n in dict.fromkeys([probe_n, chain["width"]])}}
     for name in precision.FORMATS:
         row = {"format": name}
         for where in dict.fromkeys(["cpu", str(device)]):
@@ -407,6 +442,28 @@ def run_chapter(path: Path, *, scale: str, device: str, limit: float, keep: int 
     return row
 
 
+def run_chapter_or_smaller(stem: str, *, scale: str, device: str, chapters_left: int, seconds_left, min_s: float
+                           ) -> list[dict]:
+    """Rows for one chapter: its heaviest experiment at ``scale`` in its share of the time left (``seconds_left()``
+    shared among ``chapters_left`` chapters, this one included, less :data:`CHAPTER_MARGIN_S`), and if that times
+    out at ``full``, a second run at ``small`` in a share of what is left then. A share under ``min_s`` is
+    recorded as skipped."""
+    rows = []
+    for attempt in dict.fromkeys([scale, "small"]):
+        share = seconds_left() / chapters_left - CHAPTER_MARGIN_S
+        if share < min_s:
+            rows.append({"chapter": stem, "cell": HEAVIEST[stem][0], "scale": attempt, "status": "skipped",
+                         "limit_s": round(max(share, 0), 1), "note": "no time left in the budget"})
+            break
+        row = run_chapter(ROOT / "chapters" / f"{stem}.ipynb", scale=attempt, device=device, limit=share)
+        if attempt != scale:
+            row["fallback_for"] = scale
+        rows.append(row)
+        if row["status"] != "timeout":
+            break
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------
@@ -468,16 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     scale = "small" if args.quick else "full"
     order = sorted(chapters, key=lambda c: HEAVIEST[c][1])  # cheapest first: time left over goes to the heavy ones
     for k, stem in enumerate(order):
-        left = args.budget - (time.monotonic() - start) - 5.0  # five seconds to write the file at the end
-        share = left / (len(order) - k)
-        if share < sizes["min_chapter_s"]:
-            row = {"chapter": stem, "cell": HEAVIEST[stem][0], "status": "skipped", "limit_s": round(max(share, 0), 1),
-                   "note": "no time left in the budget"}
-        else:
-            row = run_chapter(ROOT / "chapters" / f"{stem}.ipynb", scale=scale, device=device.type, limit=share)
-        print(f"{stem}: {row['status']} ({row.get('seconds', 0):.0f} s of {row['limit_s']:.0f})", flush=True)
-        record["chapters"].append(row)
-        write()
+        for row in run_chapter_or_smaller(stem, scale=scale, device=device.type, chapters_left=len(order) - k,
+                                          seconds_left=lambda: args.budget - (time.monotonic() - start) - 5.0,
+                                          min_s=sizes["min_chapter_s"]):
+            print(f"{stem} ({row.get('scale', scale)}): {row['status']} ({row.get('seconds', 0):.0f} s of "
+                  f"{row['limit_s']:.0f})", flush=True)
+            record["chapters"].append(row)
+            write()
     record["complete"] = True
     write()
     print(f"wrote {out} in {record['elapsed_s']:.0f} s")

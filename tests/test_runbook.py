@@ -88,6 +88,13 @@ def test_quick_run_underflow_matches_the_formats(quick_run):
     assert list(first) == [*precision.COMPUTED, "tf32"]
     assert isinstance(first["float16"], int) and first["float16"] < u["chain"]["depth"]
     assert first["tf32"] == first["float32"]
+    # the check that TF32 really ran: never on a CPU, at the probes' size and the network's width
+    assert u["tf32_used"] == {"16": False, "8": False}
+
+
+def test_tf32_check_sees_float32_precision_on_the_cpu():
+    # 1 + 2^-12 survives a float32 product; the check reads that as "TF32 did not run"
+    assert runbook.tf32_used(8, torch.device("cpu")) is False
 
 
 def test_quick_run_grad_scaler_keeps_more_layers_alive(quick_run):
@@ -121,6 +128,34 @@ def test_a_chapter_past_the_budget_is_skipped_not_run(tmp_path, monkeypatch):
     for row in record["chapters"]:
         assert row["status"] == "skipped" and row["limit_s"] == 0 and "no time left" in row["note"]
     assert record["complete"] is True and record["matmul"] == "matmul_throughput"  # the sections still ran
+
+
+def test_a_chapter_past_its_limit_times_out_within_the_margin():
+    # chapter 05's heaviest experiment takes about a minute at small scale: a 6 s limit stops it
+    row = runbook.run_chapter(ROOT / "chapters" / "05_activations.ipynb", scale="small", device="cpu", limit=6)
+    assert row["status"] == "timeout" and row["limit_s"] == 6
+    assert row["seconds"] < 6 + runbook.CHAPTER_MARGIN_S, row["seconds"]  # stopping the kernel is in the margin
+
+
+def test_a_full_run_that_times_out_falls_back_to_small(monkeypatch):
+    calls = []
+
+    def fake_run(path, *, scale, device, limit):
+        calls.append((path.stem, scale, round(limit)))
+        return {"chapter": path.stem, "scale": scale, "limit_s": limit, "status": "timeout" if scale == "full" else "ok"}
+
+    monkeypatch.setattr(runbook, "run_chapter", fake_run)
+    left = iter([100.0, 60.0])  # seconds left before the full run, and after it
+    rows = runbook.run_chapter_or_smaller("08_residual", scale="full", device="cuda", chapters_left=2,
+                                          seconds_left=lambda: next(left), min_s=5.0)
+    margin = runbook.CHAPTER_MARGIN_S
+    assert calls == [("08_residual", "full", round(50 - margin)), ("08_residual", "small", round(30 - margin))]
+    assert [r["status"] for r in rows] == ["timeout", "ok"] and rows[1]["fallback_for"] == "full"
+    # a small run that times out is not retried, and a share below the minimum is skipped, not run
+    calls.clear()
+    rows = runbook.run_chapter_or_smaller("08_residual", scale="small", device="cpu", chapters_left=1,
+                                          seconds_left=lambda: 3.0, min_s=5.0)
+    assert calls == [] and rows[0]["status"] == "skipped"
 
 
 @pytest.mark.parametrize(
@@ -221,6 +256,7 @@ def test_chapter_12_prints_recorded_gpu_runs_and_says_when_there_is_none(quick_r
     assert "measured at n=64: tf32/float32 = " in out and "bfloat16/float32 = " in out
     assert "10x" in out  # the training step's speed-up
     assert "0.25^n first zero" in out and "subnormal product" in out and "kept" in out
+    assert "TF32 really used in the float32 products that allowed it: n=16 no, n=8 no" in out
     assert "60-layer net: first zero below the output" in out
     assert "GradScaler init" in out and "65536.0" in out
     assert "03_dynamical_system" in out and runbook.HEAVIEST["03_dynamical_system"][0] in out
