@@ -183,3 +183,51 @@ def test_underflow_steps_rejects_factor_outside_unit_interval(bad):
 def test_underflow_steps_rejects_bad_max_steps(bad):
     with pytest.raises(ValueError, match="max_steps"):
         precision.underflow_steps(0.5, max_steps=bad)
+
+
+def test_time_call_synchronizes_an_asynchronous_device_before_reading_the_clock(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: events.append("sync"))
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: events.append("clock") or 0.0)
+    precision.time_call(lambda: events.append("run"), repeat=2, warmup=1, device="mps")
+    assert events == ["run", "sync"] + ["clock", "run", "sync", "clock"] * 2
+    events.clear()
+    precision.time_call(lambda: events.append("run"), repeat=1, warmup=0, device="cpu")
+    assert events == ["clock", "run", "clock"]  # nothing to wait for on the CPU
+
+
+def test_synchronizer_rejects_a_device_torch_cannot_wait_for():
+    with pytest.raises(ValueError, match="device="):
+        precision.synchronizer("meta")
+
+
+def test_amp_grad_norms_scaler_moves_the_first_zero_and_halves_after_overflow():
+    torch.manual_seed(0)
+    net = models.mlp(in_features=16, out_features=2, depth=40, width=16, activation="sigmoid", init="xavier")
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 16, generator=gen), torch.randint(0, 2, (16,), generator=gen)
+    plain, none = precision.amp_grad_norms(net, x, y, name="float16")
+    scaled, scale = precision.amp_grad_norms(net, x, y, name="float16", init_scale=2.0**16)
+    assert none is None and scale == 2.0**16  # no overflow: the scale stays
+    assert precision.zero_depth(plain) < precision.zero_depth(scaled)  # the scaler keeps more layers alive
+    assert sum(g == 0 for g in scaled) < sum(g == 0 for g in plain)
+    # a scale so large that the top gradients overflow: the step is skipped and the scale halved
+    _, halved = precision.amp_grad_norms(net, x, y, name="float16", init_scale=2.0**40)
+    assert halved == 2.0**39
+
+
+def test_amp_grad_norms_bfloat16_agrees_with_float32_when_nothing_underflows():
+    torch.manual_seed(0)
+    net = models.mlp(in_features=3, out_features=2, depth=2, width=4, activation="sigmoid", init="xavier")
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
+    norms, _ = precision.amp_grad_norms(net, x, y, name="bfloat16")
+    assert norms == pytest.approx(precision.layer_grad_norms(net, x, y, name="float32"), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [(dict(name="float32"), "name="), (dict(init_scale=0.0), "init_scale")],
+)
+def test_amp_grad_norms_errors(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        precision.amp_grad_norms(nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), **kwargs)

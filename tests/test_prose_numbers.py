@@ -140,6 +140,8 @@ DERIVED: dict[tuple[str, str], tuple[str, str]] = {
     ("11_beyond_gradient", "2.303"): ("log(10)", "loss of a uniform guess among ten classes"),
     ("11_beyond_gradient", "7.8"): ("1000 * 5 / 639", "1000 p for the printed share p = 5/639"),
     ("12_hardware", "2.2"): ("12 / log2(67000 / 1581)", "doubling time from the table's GTX 580 and H100 fp32 rows"),
+    ("12_hardware", "0.24"): ("2.0**-12 / 1e-3", "float16 weight 1.0 at eta = 1e-3, a decrease: worked in ex-hw-swamping"),
+    ("12_hardware", "3.9"): ("2.0**-8 / 1e-3", "bfloat16 weight 1.0 at eta = 1e-3, an increase: worked in ex-hw-swamping"),
     ("13_checkup", "7.45"): ("(1.0 / 0.8) ** 9", "(c/0.8)^9 for c = 1.0, as the sentence says"),
     ("13_checkup", "38.4"): ("(1.2 / 0.8) ** 9", "(c/0.8)^9 for c = 1.2, as the sentence says"),
 }

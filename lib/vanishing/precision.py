@@ -16,10 +16,16 @@ module measures where, from the one table of formats :data:`FORMATS`:
 * :func:`layer_grad_norms` - the per-layer gradient of a network computed in a chosen
   format, optionally with static loss scaling, and :func:`zero_depth`, how far from
   the output the first exactly-zero gradient sits;
+* :func:`amp_grad_norms` - the same under ``torch.autocast`` (mixed precision), with or
+  without the dynamic ``torch.amp.GradScaler``;
 * :func:`safe_norm` - the measurement core's norm (:func:`vanishing.probes.safe_norm`),
   which does not itself underflow;
 * :func:`time_call` and :func:`matmul_throughput` - wall-clock timing of a training step
   or a matrix product on a device (machine-dependent by nature).
+
+The computing functions take a ``device``: the same measurement runs on a CPU (the
+book's stored outputs) and on a GPU (``bench/runbook.py``), where the arithmetic is
+the GPU's own: its kernels decide whether subnormal numbers survive.
 
 torch (up to at least 2.13) cannot *multiply* float8 tensors on a CPU, only cast
 to and from them. The product of two float8 numbers has at most 8 significant
@@ -51,7 +57,9 @@ __all__ = [
     "underflow_steps",
     "layer_grad_norms",
     "zero_depth",
+    "amp_grad_norms",
     "safe_norm",
+    "synchronizer",
     "time_call",
     "matmul_throughput",
 ]
@@ -113,14 +121,16 @@ def format_info(fmt: str) -> dict[str, float | int | bool | str]:
     }
 
 
-def repeated_product(factor: float, steps: int, *, fmt: str = "float32") -> np.ndarray:
+def repeated_product(
+    factor: float, steps: int, *, fmt: str = "float32", device: torch.device | str = "cpu"
+) -> np.ndarray:
     """``factor**k`` for ``k = 0, 1, ..., steps``, multiplied one factor at a time in format
     ``fmt``.
 
     The factor itself is first rounded to the format (0.25 is exact in all of
     them; 0.3 is not). Each partial product is rounded to the format, as in a
-    backward pass that multiplies one layer's factor after another. Returns a
-    float64 NumPy array of length ``steps + 1`` holding the rounded values.
+    backward pass that multiplies one layer's factor after another, on ``device``.
+    Returns a float64 NumPy array of length ``steps + 1`` holding the rounded values.
     """
     dtype, _ = _check_format(fmt)
     if (
@@ -132,27 +142,32 @@ def repeated_product(factor: float, steps: int, *, fmt: str = "float32") -> np.n
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     native = _native_mul(dtype)
     work = dtype if native else torch.float32
-    f = torch.tensor(float(factor), dtype=torch.float64).to(dtype).to(work)
-    p = torch.tensor(1.0, dtype=dtype).to(work)
-    out = np.empty(steps + 1)
-    out[0] = float(p)
-    for k in range(1, steps + 1):
+    dev = torch.device(device)
+    f = torch.tensor(float(factor), dtype=torch.float64).to(dtype).to(work).to(dev)
+    p = torch.tensor(1.0, dtype=dtype).to(work).to(dev)
+    values = [p]
+    for _ in range(steps):
         p = p * f
         if not native:
             # float32 holds the product of two float8 numbers exactly: one rounding is correct
             # rounding.
             p = p.to(dtype).to(work)
-        out[k] = float(p)
-    return out
+        values.append(p)
+    # One copy to the host at the end (float64 holds every format's values exactly).
+    return torch.stack(values).to(torch.float64).cpu().numpy()
 
 
 def underflow_steps(
-    factor: float, *, fmt: str = "float32", max_steps: int = 2000
+    factor: float,
+    *,
+    fmt: str = "float32",
+    max_steps: int = 2000,
+    device: torch.device | str = "cpu",
 ) -> tuple[int | None, int | None]:
     """First number of factors ``k`` at which ``factor**k`` is subnormal, and first at which it
     is exactly 0.
 
-    Computed with :func:`repeated_product`; ``factor`` must lie strictly
+    Computed with :func:`repeated_product` on ``device``; ``factor`` must lie strictly
     between 0 and 1 (a shrinking product). Either entry is ``None`` when it
     does not happen within ``max_steps`` factors. A layered network of depth
     ``L`` puts ``L - 1`` such factors between its last and its first layer.
@@ -164,7 +179,7 @@ def underflow_steps(
         raise ValueError(f"factor must be a number strictly between 0 and 1, got {factor!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-    values = repeated_product(factor, max_steps, fmt=fmt)
+    values = repeated_product(factor, max_steps, fmt=fmt, device=device)
     normal = format_info(fmt)["smallest_normal"]
     sub = np.flatnonzero((values > 0) & (values < normal))
     zero = np.flatnonzero(values == 0)
@@ -183,6 +198,7 @@ def layer_grad_norms(
     *,
     name: str = "float32",
     loss_scale: float = 1.0,
+    device: torch.device | str = "cpu",
 ) -> list[float]:
     """Norm of dLoss/dW for every weight matrix of ``model``, computed entirely in format ``name``.
 
@@ -191,19 +207,20 @@ def layer_grad_norms(
     multiplied by ``loss_scale`` before the backward pass, and each gradient
     is divided by ``loss_scale`` afterwards *in float64* (norms by :func:`safe_norm`):
     this is static loss scaling (Micikevicius et al. 2018). A gradient that underflowed during
-    the backward pass stays exactly zero after unscaling. Input layer first.
+    the backward pass stays exactly zero after unscaling. Input layer first. The copy, the
+    inputs and the targets are moved to ``device`` (the model itself stays where it is).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not loss_scale > 0:
         raise ValueError(f"loss_scale must be positive, got {loss_scale!r}")
     dtype = dtype_of(name)
-    clone = copy.deepcopy(model).to(dtype)
+    clone = copy.deepcopy(model).to(device=device, dtype=dtype)
     weights = [p for p in clone.parameters() if p.dim() >= 2]
     if not weights:
         raise ValueError("model has no weight matrices (parameters with 2+ dimensions)")
-    logits = clone(inputs.to(dtype))
-    loss = nn.functional.cross_entropy(logits.float(), targets) * loss_scale
+    logits = clone(inputs.to(device=device, dtype=dtype))
+    loss = nn.functional.cross_entropy(logits.float(), targets.to(device)) * loss_scale
     grads = torch.autograd.grad(loss, weights)
     return [safe_norm(g) / loss_scale for g in grads]
 
@@ -223,6 +240,66 @@ def zero_depth(norms: list[float]) -> int | None:
     return None
 
 
+def amp_grad_norms(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    name: str = "float16",
+    init_scale: float | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[list[float], float | None]:
+    """Weight-gradient norms of one mixed-precision backward pass, and the loss scale after it.
+
+    The forward pass runs under ``torch.autocast`` in format ``name`` (``"float16"`` or
+    ``"bfloat16"``): matrix products in that format, weights and their gradients in float32.
+    With ``init_scale`` a ``torch.amp.GradScaler`` scales the loss, unscales the gradients
+    (``unscale_``), and takes a step at learning rate 0, so the weights stay as they are and
+    the scaler's update (halve after an overflow, keep otherwise) can be read. Without it the
+    loss is not scaled and the scale returned is ``None``. The model's gradients are
+    overwritten; ``model``, ``inputs`` and ``targets`` must be on ``device``. Norms are
+    :func:`safe_norm`, one per weight matrix, input layer first.
+    """
+    if name not in ("float16", "bfloat16"):
+        raise ValueError(f"name={name!r}: autocast formats are 'float16' and 'bfloat16'")
+    if init_scale is not None and not init_scale > 0:
+        raise ValueError(f"init_scale must be positive or None, got {init_scale!r}")
+    weights = [p for p in model.parameters() if p.dim() >= 2]
+    if not weights:
+        raise ValueError("model has no weight matrices (parameters with 2+ dimensions)")
+    dev = torch.device(device)
+    model.zero_grad()
+    scaler = torch.amp.GradScaler(
+        dev.type, init_scale=init_scale or 1.0, enabled=init_scale is not None
+    )
+    with torch.autocast(dev.type, dtype=dtype_of(name)):
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: look at the gradients only
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    norms = [safe_norm(w.grad) if w.grad is not None else 0.0 for w in weights]
+    scaler.step(opt)
+    scaler.update()
+    return norms, (scaler.get_scale() if init_scale is not None else None)
+
+
+def synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """A function that waits until ``device`` has finished all queued work (a no-op on the CPU).
+
+    GPUs and other accelerators run kernels asynchronously: a call returns once the
+    kernel is queued. Reading a clock without waiting first times the queueing.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return lambda: None
+    backend = getattr(torch, dev.type, None)
+    if backend is None or not hasattr(backend, "synchronize"):
+        raise ValueError(f"device={str(dev)!r}: torch has no synchronize() for {dev.type!r}")
+    if dev.type == "mps":  # torch.mps.synchronize takes no device
+        return backend.synchronize
+    return lambda: backend.synchronize(dev)
+
+
 def time_call(
     fn: Callable[[], object],
     *,
@@ -232,8 +309,9 @@ def time_call(
 ) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` untimed ones.
 
-    On CUDA the device is synchronized around each run, because kernels are
-    launched asynchronously and an unsynchronized timer measures only the launch.
+    On any device other than the CPU (CUDA, Apple MPS, Intel XPU) the device is
+    synchronized before the clock is read, because kernels are launched
+    asynchronously and an unsynchronized timer measures only the launch.
     The result depends on the machine and its load: never store it as a fixed number.
     """
     for label, value in (("repeat", repeat), ("warmup", warmup)):
@@ -244,8 +322,7 @@ def time_call(
             raise ValueError(
                 f"{label} must be an int >= {1 if label == 'repeat' else 0}, got {value!r}"
             )
-    dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     for _ in range(warmup):
         fn()
     sync()
