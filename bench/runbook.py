@@ -81,7 +81,7 @@ HEAVIEST: dict[str, tuple[str, float]] = {
     "01_history": ("TRAIN_BATCH = 64", 19.76),
     "02_recurrent_model": ("scales = 2.0 ** torch.linspace", 4.71),
     "03_dynamical_system": ("xs_curve = torch.linspace", 0.88),
-    "04_loss_wall": ("def wall_by_bisection", 6.60),
+    "04_loss_wall": ("SHOW_LAG = 10", 32.28),
     "05_activations": ("LR, BATCH, LEARNS = ", 78.76),
     "06_initialization": ("LEFT_CHANCE = ", 69.42),
     "07_normalization": ("LEARNS = 0.5", 48.58),
