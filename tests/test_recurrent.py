@@ -88,5 +88,7 @@ def test_cell_contributions_sum_to_the_cell_and_match_a_hand_unroll():
     # by hand: the first step's write, scaled by every later forget gate; the last step's write as is
     first = tr["i"][:, 0] * tr["g"][:, 0] * tr["f"][:, 1:].prod(1)
     assert torch.allclose(parts[:, 0], first) and torch.allclose(parts[:, -1], tr["i"][:, -1] * tr["g"][:, -1])
+    for t in range(6):  # every term by hand, so that permuted or mis-scaled middle terms are caught too
+        assert torch.allclose(parts[:, t], tr["i"][:, t] * tr["g"][:, t] * tr["f"][:, t + 1:].prod(1))
     with pytest.raises(ValueError, match="trace"):
         recurrent.cell_contributions({"h": tr["h"]})

@@ -147,9 +147,9 @@ def cell_contributions(trace: dict[str, torch.Tensor]) -> torch.Tensor:
     ``c_T = sum_t i_t g_t prod_{s>t} f_s``: step ``t`` writes ``i_t g_t``, and every
     later forget gate scales it. Returns these terms, shape (batch, time, hidden);
     they sum over time to ``trace["c"][:, -1]``. Splitting them into the step that
-    holds the signal and the rest (the distractors) shows how loud each is in the
-    cell at the end, which is the input weight conflict of Hochreiter and
-    Schmidhuber (1997) measured.
+    holds the signal and the rest (the distractors) shows how loud each step's own
+    write is in the cell at the end; it does not count what a step changes through
+    later gates and writes (via ``h``), so it is not a measure of what the cell knows.
     """
     if not isinstance(trace, dict) or not {"i", "f", "g"} <= set(trace):
         raise ValueError("trace must be the dict lstm_trace returns (with keys 'i', 'f', 'g')")
