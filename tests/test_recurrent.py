@@ -76,3 +76,19 @@ def test_input_grad_by_lag_linear_rnn_by_hand():
 def test_argument_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cell_contributions_sum_to_the_cell_and_match_a_hand_unroll():
+    torch.manual_seed(2)
+    m = recurrent.rnn(cell="lstm", input_size=3, hidden_size=4, output_size=2, forget_bias=2.0)
+    tr = recurrent.lstm_trace(m, torch.randn(5, 6, 3))
+    parts = recurrent.cell_contributions(tr)
+    assert parts.shape == (5, 6, 4)
+    assert torch.allclose(parts.sum(1), tr["c"][:, -1], atol=1e-6)
+    # by hand: the first step's write, scaled by every later forget gate; the last step's write as is
+    first = tr["i"][:, 0] * tr["g"][:, 0] * tr["f"][:, 1:].prod(1)
+    assert torch.allclose(parts[:, 0], first) and torch.allclose(parts[:, -1], tr["i"][:, -1] * tr["g"][:, -1])
+    for t in range(6):  # every term by hand, so that permuted or mis-scaled middle terms are caught too
+        assert torch.allclose(parts[:, t], tr["i"][:, t] * tr["g"][:, t] * tr["f"][:, t + 1:].prod(1))
+    with pytest.raises(ValueError, match="trace"):
+        recurrent.cell_contributions({"h": tr["h"]})

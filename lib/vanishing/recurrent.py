@@ -12,7 +12,10 @@ from typing import cast
 import torch
 from torch import nn
 
-__all__ = ["CELLS", "SequenceModel", "rnn", "lstm_step", "lstm_trace", "input_grad_by_lag"]
+__all__ = [
+    "CELLS", "SequenceModel", "rnn", "lstm_step", "lstm_trace", "cell_contributions",
+    "input_grad_by_lag",
+]
 
 CELLS = ("rnn", "lstm", "gru")
 
@@ -135,6 +138,25 @@ def lstm_trace(model: SequenceModel, x: torch.Tensor) -> dict[str, torch.Tensor]
         for k, v in gates.items():
             out[k].append(v)
     return {k: torch.stack(v, dim=1) for k, v in out.items()}
+
+
+def cell_contributions(trace: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What each step wrote into an LSTM's last cell state, as it arrives there.
+
+    From a :func:`lstm_trace` (zero initial cell), the cell state unrolls into a sum,
+    ``c_T = sum_t i_t g_t prod_{s>t} f_s``: step ``t`` writes ``i_t g_t``, and every
+    later forget gate scales it. Returns these terms, shape (batch, time, hidden);
+    they sum over time to ``trace["c"][:, -1]``. Splitting them into the step that
+    holds the signal and the rest (the distractors) shows how loud each step's own
+    write is in the cell at the end; it does not count what a step changes through
+    later gates and writes (via ``h``), so it is not a measure of what the cell knows.
+    """
+    if not isinstance(trace, dict) or not {"i", "f", "g"} <= set(trace):
+        raise ValueError("trace must be the dict lstm_trace returns (with keys 'i', 'f', 'g')")
+    f = trace["f"]
+    # prod_{s>t} f_s: the reversed cumulative product of the later forget gates
+    later = torch.cat([f[:, 1:].flip(1).cumprod(1).flip(1), torch.ones_like(f[:, :1])], dim=1)
+    return trace["i"] * trace["g"] * later
 
 
 def input_grad_by_lag(
