@@ -91,7 +91,15 @@ def _size_tables(path: Path) -> tuple[dict, dict]:
 def _numeric(value: object) -> bool:
     if isinstance(value, (tuple, list)):
         return all(_numeric(v) for v in value)
+    if isinstance(value, dict):  # a group of sizes, e.g. 04's SIZES["rnn"]
+        return all(_numeric(v) for v in value.values())
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _only_numbers_differ(a: object, b: object) -> bool:
+    """Both are sizes made of numbers, and groups of sizes name the same sizes."""
+    same_keys = not isinstance(a, dict) or (isinstance(b, dict) and set(a) == set(b))
+    return _numeric(a) and _numeric(b) and same_keys
 
 
 #: Chapters whose `full` sizes differ from `small` in more than numbers, i.e. run code that `small` never runs
@@ -104,7 +112,7 @@ def test_full_differs_from_small_only_where_declared(path):
     """`full` changes only sizes, except the keys in STRUCTURAL: those chapters get a full-mode run below."""
     small, full = _size_tables(path)
     assert set(small) == set(full)
-    structural = {k for k in small if small[k] != full[k] and not (_numeric(small[k]) and _numeric(full[k]))}
+    structural = {k for k in small if small[k] != full[k] and not _only_numbers_differ(small[k], full[k])}
     assert structural == STRUCTURAL.get(path.name, set()), (
         f"{path.name}: full differs from small in non-numeric sizes {sorted(structural)}; list them in STRUCTURAL")
 
@@ -133,7 +141,7 @@ def test_full_mode_runs_on_cpu_at_tiny_size(name, tmp_path):
     """
     path = ROOT / "chapters" / name
     small, full = _size_tables(path)
-    override = {k: small[k] for k in small if _numeric(small[k]) and _numeric(full[k])}
+    override = {k: small[k] for k in small if _only_numbers_differ(small[k], full[k])}
     tiny = TINY.get(name, {})
     assert set(tiny) <= set(override), f"{name}: TINY sets sizes that are not numeric in both tables: {set(tiny) - set(override)}"
     assert all(_at_most(v, small[k]) for k, v in tiny.items()), f"{name}: TINY must not exceed small's sizes"
