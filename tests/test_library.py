@@ -220,17 +220,6 @@ def test_activation_stats_saturation_and_dead_units():
         probes.activation_stats(nn.Linear(1, 1), torch.ones(1, 1))
 
 
-def test_update_ratios():
-    m = nn.Linear(3, 2)
-    with pytest.raises(ValueError, match="backward"):
-        probes.update_ratios(m, 0.1)
-    m(torch.ones(1, 3)).sum().backward()
-    r = probes.update_ratios(m, 0.1)
-    assert r["weight"] == pytest.approx(float((0.1 * m.weight.grad).std() / m.weight.detach().std()))
-    with pytest.raises(ValueError, match="lr"):
-        probes.update_ratios(m, 0.0)
-
-
 # ---------------------------------------------------------------- training
 def test_train_learns_and_records():
     vg.seed(0)
@@ -245,7 +234,7 @@ def test_train_learns_and_records():
 
 def test_train_clip_and_errors():
     vg.seed(0)
-    x, y = data.spirals(64)
+    x, y = torch.randn(64, 2), torch.randint(0, 2, (64,))
     m = models.mlp(in_features=2, out_features=2, depth=2, width=8)
     h = train.train(m, (x, y), steps=5, lr=0.1, batch_size=None, clip=0.01, eval_every=5)
     assert len(h["loss"]) == 2
@@ -275,25 +264,10 @@ def test_digits_split_and_standardization():
 
 
 def test_synthetic_tasks():
-    x, y = data.adding_problem(50, 10, seed=2)
-    assert x.shape == (50, 10, 2) and y.shape == (50, 1)
-    assert torch.all(x[:, :, 1].sum(1) == 2)
-    marked = (x[:, :, 0] * x[:, :, 1]).sum(1, keepdim=True)
-    assert torch.allclose(marked, y)
-    assert torch.equal(data.adding_problem(5, 4, seed=3)[0], data.adding_problem(5, 4, seed=3)[0])
     s, lab = data.first_input_recall(20, lag=7, symbols=3)
     assert s.shape == (20, 8, 3) and torch.equal(s[:, 0].argmax(1), lab)
-    p, c = data.spirals(30, classes=3)
-    assert p.shape == (30, 2) and set(c.tolist()) == {0, 1, 2}
-    for call, match in [
-        (lambda: data.adding_problem(0, 5), "n must be"),
-        (lambda: data.adding_problem(5, 1), "length"),
-        (lambda: data.first_input_recall(5, 0), "lag"),
-        (lambda: data.spirals(10, noise=-1), "noise"),
-        (lambda: data.spirals(10, seed=-2), "seed"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            call()
+    with pytest.raises(ValueError, match="lag"):
+        data.first_input_recall(5, 0)
 
 
 # ---------------------------------------------------------------- recurrent builders

@@ -708,9 +708,9 @@ def checkup(
                         b.copy_(buffers[n])
 
     params = dict(model.named_parameters())
-    # The update-to-weight ratio of probes.update_ratios, std(lr * g) / std(W), computed here in
-    # float32 from the unscaled gradient (probes reads .grad, which the checkup must not touch, and
-    # which a float16 model could not even hold unscaled).
+    # The update-to-weight ratio of one SGD step, std(lr * g) / std(W), computed here in float32
+    # from the unscaled gradient (not from .grad, which the checkup must not touch, and which a
+    # float16 model could not even hold unscaled).
     updates = {
         n: lr * _spread(grads[n]) / max(_spread(params[n]), 1e-30)
         for n in weights if grads[n] is not None

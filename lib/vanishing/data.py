@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["digits", "spirals", "adding_problem", "first_input_recall"]
+__all__ = ["digits", "first_input_recall"]
 
 
 def _check_int(name: str, value: object, low: int) -> int:
@@ -49,52 +49,6 @@ def digits(
     as_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32, device=device)  # noqa: E731
     as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)  # noqa: E731
     return (as_x(xtr), as_y(ytr)), (as_x(xte), as_y(yte))
-
-
-def spirals(
-    n: int = 1000, *, classes: int = 2, turns: float = 1.5, noise: float = 0.1, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interleaved spiral arms in the plane, one class per arm: a small nonlinear problem.
-
-    Returns inputs of shape (n, 2) and integer labels of shape (n,).
-    """
-    _check_int("n", n, 1)
-    _check_int("classes", classes, 2)
-    if not (isinstance(turns, (int, float)) and 0 < turns < float("inf")):
-        raise ValueError(f"turns must be a positive finite number, got {turns!r}")
-    if not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
-        raise ValueError(f"noise must be a non-negative finite number, got {noise!r}")
-    g = _gen(seed)
-    labels = torch.arange(n) % classes
-    radius = torch.rand(n, generator=g)
-    angle = 2 * np.pi * turns * radius + 2 * np.pi * labels / classes
-    points = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
-    points = points + noise * torch.randn(n, 2, generator=g) * radius[:, None]
-    return points.float(), labels
-
-
-def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hochreiter & Schmidhuber's (1997) adding problem.
-
-    Each sequence has ``length`` steps with two channels: a random value in
-    [0, 1) and a marker that is 1 at exactly two steps, one in the first half
-    and one in the second. The target is the sum of the two marked values;
-    predicting the mean 1.0 scores a mean squared error of about 1/6.
-    Returns inputs (n, length, 2) and targets (n, 1).
-    """
-    _check_int("n", n, 1)
-    _check_int("length", length, 2)
-    g = _gen(seed)
-    values = torch.rand(n, length, generator=g)
-    half = length // 2
-    first = torch.randint(0, half, (n,), generator=g)
-    second = torch.randint(half, length, (n,), generator=g)
-    marker = torch.zeros(n, length)
-    rows = torch.arange(n)
-    marker[rows, first] = 1.0
-    marker[rows, second] = 1.0
-    target = (values[rows, first] + values[rows, second]).unsqueeze(1)
-    return torch.stack([values, marker], dim=2), target
 
 
 def first_input_recall(

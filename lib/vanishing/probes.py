@@ -14,9 +14,8 @@ mean either, and the cure differs, so the measurement core keeps them apart:
 
 Views of the same measurements keep the chapters short: :func:`grad_norms`
 (``||dL/dW||`` per weight matrix), :func:`activation_stats` (per activation
-module), :func:`update_ratios` (one SGD step against the weights),
-:func:`gradient_profile` (the ``||dL/dW||`` profile of freshly built networks, one
-row per seed), :func:`inactive_fraction` (units off for a whole batch) and
+module), :func:`gradient_profile` (the ``||dL/dW||`` profile of freshly built
+networks, one row per seed), :func:`inactive_fraction` (units off for a whole batch) and
 :func:`gradient_predictiveness` (the loss and gradient along the gradient, the
 "smoothness" view of Santurkar et al. 2018).
 None of them changes the model: parameters, buffers, ``.grad``, hooks, training
@@ -41,7 +40,7 @@ from . import models
 __all__ = [
     "SATURATING", "RECTIFIERS", "ACTIVATION_TYPES", "Signal", "signals", "safe_norm", "call",
     "check_loss",
-    "grad_norms", "activation_stats", "update_ratios", "weight_names", "preserved",
+    "grad_norms", "activation_stats", "weight_names", "preserved",
     "gradient_profile", "inactive_fraction", "gradient_predictiveness",
 ]
 
@@ -582,30 +581,6 @@ def activation_stats(
                       "std": float(out.std()) if out.numel() > 1 else 0.0,
                       "saturated": saturated, "dead": dead})
     return stats
-
-
-def update_ratios(model: nn.Module, lr: float) -> dict[str, float]:
-    """For each weight matrix with a gradient: std(lr * grad) / std(weight), the update-to-data
-    ratio.
-
-    Uses the ``.grad`` already stored on the model (call ``loss.backward()`` first).
-    A healthy layer moves by roughly 1e-3 of its scale per step; orders of
-    magnitude less means it is effectively not learning.
-    """
-    _check_model(model)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    out = {}
-    for n, p in model.named_parameters():
-        if p.dim() >= 2 and p.grad is not None:
-            # float64: the spread of a 1e-20 gradient would underflow when squared in float32.
-            out[n] = float(
-                (lr * p.grad.detach().double()).std()
-                / p.detach().double().std().clamp_min(1e-300)
-            )
-    if not out:
-        raise ValueError("no weight matrix has a .grad: call loss.backward() before update_ratios")
-    return out
 
 
 def gradient_profile(
