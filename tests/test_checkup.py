@@ -332,12 +332,15 @@ def test_errors(digits_batch):
         checkup.checkup(nn.ReLU(), digits_batch, CE)
     with pytest.raises(ValueError, match="torch.nn.Module"):
         checkup.checkup("model", digits_batch, CE)
-    with pytest.raises(ValueError, match="batch does not fit"):
+    # errors from the user's model and loss come through as raised, with a note where they arose
+    with pytest.raises(ValueError, match="input must have shape") as err:
         checkup.checkup(model, (torch.randn(4, 3), torch.zeros(4, dtype=torch.long)), CE)
+    assert "forward pass" in " ".join(err.value.__notes__)
     with pytest.raises(ValueError, match="scalar"):
         checkup.checkup(model, digits_batch, lambda o, t: CE(o, t, reduction="none"))
-    with pytest.raises(ValueError, match="loss_fn failed"):
+    with pytest.raises(ValueError, match="batch_size") as err:  # torch's own error, unchanged
         checkup.checkup(model, (digits_batch[0], torch.zeros(3)), CE)
+    assert "loss_fn" in " ".join(err.value.__notes__)
     with pytest.raises(ValueError, match="pair"):
         checkup.checkup(model, digits_batch[0], CE)
     with pytest.raises(ValueError, match="loss_fn must be callable"):
@@ -364,3 +367,161 @@ def test_errors(digits_batch):
         checkup.checkup(frozen, digits_batch, CE)
     with pytest.raises(ValueError, match="does not depend"):
         checkup.checkup(model, digits_batch, lambda o, t: torch.tensor(1.0))
+
+
+# ---- checkup v2 regressions (issue 19): real-model structures that crashed or were misjudged ----
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _Block(nn.Module):
+    """A torchvision-style basic block: conv-bn-ReLU(inplace)-conv-bn, identity shortcut."""
+
+    def __init__(self, c: int, zero_last_gamma: bool = False):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        if zero_last_gamma:  # timm's and Goyal et al.'s zero-initialized residual branch
+            nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x)
+
+
+def _resnet(zero_last_gamma: bool = False) -> nn.Module:
+    vg.seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+        _Block(16, zero_last_gamma), _Block(16, zero_last_gamma),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return net
+
+
+@pytest.fixture(scope="module")
+def image_batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(16, 3, 12, 12, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+@pytest.mark.parametrize("zero_last_gamma", [False, True])
+def test_inplace_relu_resnet_runs_restores_and_reads_healthy(image_batch, zero_last_gamma):
+    # nn.ReLU(inplace=True) crashed the recorder; a zero-initialized residual branch read
+    # "vanishing, add residual connections"
+    model = _resnet(zero_last_gamma)
+    before = _state(model)
+    report = checkup.checkup(model, image_batch, CE, train=True)
+    assert _same_state(model, before)
+    assert report.healthy, report.summary()
+    relus = [a for a in report.activations if a["kind"] == "ReLU"]
+    assert len(relus) == 5 and all(0 <= a["dead"] < 0.5 for a in relus)
+    if zero_last_gamma:
+        assert "start at zero" in report.verdicts["vanishing"].evidence
+
+
+def test_sparse_embedding_gradient_is_measured():
+    vg.seed(0)
+    emb = nn.Embedding(50, 8, sparse=True)
+    model = nn.Sequential(emb, nn.Flatten(), nn.Linear(8 * 5, 3))
+    x = torch.randint(0, 50, (32, 5), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+    report = checkup.checkup(model, (x, y), CE)
+    dense = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(8 * 5, 3))
+    dense.load_state_dict(model.state_dict())
+    row = report.layers[0]
+    assert row["name"] == "0.weight"
+    expected = checkup.checkup(dense, (x, y), CE).layers[0]["grad_norm"]
+    assert row["grad_norm"] == pytest.approx(expected)
+
+
+class _LateStem(nn.Module):
+    """The input layer registered after the body: parameter order is not the forward order."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 10))
+        self.stem = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.body(torch.tanh(self.stem(x)))
+
+
+def test_layers_are_listed_in_forward_order(digits_batch):
+    vg.seed(0)
+    report = checkup.checkup(_LateStem(), digits_batch, CE)
+    assert [r["name"] for r in report.layers] == ["stem.weight", "body.0.weight", "body.2.weight"]
+    assert report.layers[-1]["grad_ratio"] == 1.0  # the ratio is to the layer nearest the output
+
+
+class _LoRA(nn.Module):
+    """A frozen linear layer plus a low-rank adapter whose B starts at zero (Hu et al. 2021)."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int = 4):
+        super().__init__()
+        self.base = nn.Linear(d_in, d_out)
+        self.base.requires_grad_(False)
+        self.A = nn.Linear(d_in, rank, bias=False)
+        self.B = nn.Linear(rank, d_out, bias=False)
+        nn.init.zeros_(self.B.weight)
+
+    def forward(self, x):
+        return self.base(x) + self.B(self.A(x))
+
+
+def test_zero_initialized_adapters_and_heads_are_not_alarms(digits_batch):
+    # LoRA (B = 0) read "vanishing and exploding (update ratio 1e25)"; so did a zero-initialized head
+    vg.seed(0)
+    lora = nn.Sequential(_LoRA(64, 64), nn.ReLU(), _LoRA(64, 10))
+    head = _mlp(depth=3, activation="relu", init="he")
+    nn.init.zeros_(head.head.weight)
+    for model in (lora, head):
+        report = checkup.checkup(model, digits_batch, CE)
+        assert not report.verdicts["vanishing"].found, report.summary()
+        assert not report.verdicts["exploding"].found, report.summary()
+        zero = [r for r in report.layers if r["zero_init"]]
+        assert zero and all(r["update_ratio"] is None for r in zero)
+    # the same all-zero gradients without a zero-initialized parameter are still vanishing
+    dead = _mlp(depth=3, activation="relu", init="he")
+    with torch.no_grad():
+        dead.blocks[-1].linear.bias.fill_(-100.0)  # every unit of the last hidden layer is off
+    assert checkup.checkup(dead, digits_batch, CE).verdicts["vanishing"].found
+
+
+def test_dead_units_are_not_judged_on_a_batch_of_one(digits_batch):
+    model = _mlp(depth=5, activation="relu", init="he")
+    x, y = digits_batch
+    one = checkup.checkup(model, (x[:1], y[:1]), CE).verdicts["dead"]
+    assert one.found is None and "only 1 times" in one.evidence
+    assert checkup.checkup(model, digits_batch, CE).verdicts["dead"].found is False
+
+
+def test_user_gradient_hooks_do_not_fire(digits_batch):
+    # a logger's hooks (what wandb.watch installs) must not see the checkup's gradients
+    model = _mlp(depth=3)
+    seen = []
+    for p in model.parameters():
+        p.register_hook(lambda g: seen.append(1))
+    checkup.checkup(model, digits_batch, CE)
+    assert seen == []
+
+
+def test_fixes_leave_out_what_the_model_already_has(digits_batch):
+    vg.seed(0)
+    bn = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+    verdict = checkup.checkup(bn, digits_batch, CE, lr=1e3).verdicts["exploding"]
+    assert verdict.found
+    fixes = [f for f, _ in verdict.fixes]
+    assert fixes and not any(f.startswith(("shrink", "normalize")) for f in fixes)
+    plain = checkup.checkup(_mlp(depth=3), digits_batch, CE, lr=1e3).verdicts["exploding"]
+    assert any(f.startswith("shrink") for f, _ in plain.fixes)

@@ -207,7 +207,7 @@ def test_update_ratio_of_one_sgd_step_and_the_optimizer_restored():
                  strict=True))
     for row in plain:
         if row.weight_grad is not None:
-            w = net.get_submodule(row.name).weight
+            w = net.get_submodule(row.name).weight.detach()
             assert row.update_ratio == pytest.approx(float((0.1 * g[row.name]).double().std() / w.double().std()),
                                                      rel=1e-5)
     assert rows[0].update_ratio != plain[0].update_ratio  # momentum made the step bigger

@@ -4,9 +4,11 @@ symptom.
 :func:`checkup` runs one forward and one backward pass of a model on a batch
 (optionally also a few SGD steps on a copy) and returns a :class:`Report`:
 
-* per weight matrix: gradient norm and its ratio to the last weight matrix,
-  weight norm, update-to-weight ratio for a learning rate, and the share of
-  gradient entries that are exactly zero, subnormal or non-finite;
+* per weight matrix, in the order the layers run (found by hooks, not from
+  ``named_parameters()``): gradient norm and its ratio to the last weight matrix,
+  weight norm, update-to-weight ratio for a learning rate (not for parameters
+  that start at zero, nor for tokens stored as (1, 1, d) tensors), and the share
+  of gradient entries that are exactly zero, subnormal or non-finite;
 * per activation module: mean, spread, saturated share (sigmoid/tanh-like
   units) and dead share (rectifiers); recurrent cores (``nn.RNN``, ``nn.GRU``,
   ``nn.LSTM``) are measured on their hidden states;
@@ -20,11 +22,18 @@ significant figures, so stored notebook outputs reproduce), renders as an HTML
 table in a notebook, draws itself (:meth:`Report.plot`) and converts to plain
 Python data (:meth:`Report.to_dict`).
 
+Structures that real models use at their standard initialization are not
+alarms: weight matrices held at zero gradient by a zero-initialized head,
+residual branch or adapter; dead units on a batch too small to tell; fixes the
+model already has (normalization, gates) are not suggested. In-place and
+sparse-gradient layers are measured like the others. An error raised by the
+model or the loss function reaches the caller unchanged, with a note.
+
 The checkup leaves the model as it found it: parameters, buffers (batch-norm
 running statistics), ``.grad`` fields, hooks, training flags and the random
 number generators' states are all restored. Gradients are taken with
-:func:`torch.autograd.grad`, so hooks registered on ``.grad`` accumulation do
-not fire.
+:func:`torch.autograd.grad` and the user's backward hooks are silenced meanwhile,
+so a logger's gradient hooks do not see the checkup's pass.
 """
 
 from __future__ import annotations
@@ -57,6 +66,10 @@ SATURATING, RECTIFIERS = probes.SATURATING, probes.RECTIFIERS
 
 #: The symptoms a report judges, in the order it lists them.
 SYMPTOMS = ("vanishing", "exploding", "saturation", "dead", "underflow", "nonfinite")
+
+#: Fewest batch entries (examples times positions) per unit before a unit that is zero on all of
+#: them is called dead: on a batch of one example about half of a healthy ReLU layer is zero.
+MIN_SEEN_FOR_DEAD = 16
 
 #: Default decision thresholds; :doc:`13_checkup` measures healthy and broken networks to justify
 #: them.
@@ -140,18 +153,27 @@ _FIXES: dict[str, list[tuple[str, str]]] = {
 
 
 def _fixes(
-    symptom: str, *, recurrent: bool, saturating: bool, in_time: bool
+    symptom: str, *, has: Mapping[str, bool], saturating: bool, in_time: bool
 ) -> list[tuple[str, str]]:
-    """Fixes for ``symptom``, ranked for the kind of model measured: (what to do, chapter)."""
+    """Fixes for ``symptom``, ranked for the kind of model measured and leaving out what it already
+    has (see :func:`_has`): (what to do, chapter)."""
     if symptom == "vanishing" and in_time:
-        return list(_FIXES["vanishing in time"])
+        fixes = list(_FIXES["vanishing in time"])
+        if has.get("gated"):
+            fixes[0] = ("raise the forget-gate bias (chrono initialization, b = ln(T))", "09_lstm")
+        return fixes
     fixes = list(_FIXES[symptom])
     if symptom == "vanishing" and saturating:
         fixes.insert(0, _RECTIFIER)
-    if symptom == "exploding" and recurrent:
+    if symptom == "exploding" and has.get("recurrent"):
         fixes.insert(
             2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system")
         )
+    if symptom == "exploding" and has.get("batchnorm"):
+        # batch norm divides out the weights' scale: shrinking them changes nothing downstream
+        fixes = [f for f in fixes if not f[0].startswith("shrink the initial weights")]
+    if has.get("norm"):
+        fixes = [f for f in fixes if f is not _NORMALIZE and not f[0].startswith("normalize")]
     return fixes
 
 
@@ -449,50 +471,64 @@ def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
 
 
 class _Recorder:
-    """Forward hooks that summarize activation modules and recurrent cores as the batch passes."""
+    """Hooks that watch one forward pass: the order in which modules with weights first run, and a
+    summary of every activation module and recurrent core as the batch passes.
+
+    Activations are measured from their *input*, taken by a pre-hook before the module runs (an
+    in-place ``nn.ReLU(inplace=True)`` overwrites it), with the measurement core's one
+    implementation of the saturated and dead shares (:mod:`vanishing.probes`).
+    """
 
     def __init__(self, model: nn.Module, threshold: float):
         self.threshold = threshold
         self.names = {m: n for n, m in model.named_modules()}
         self.records: list[dict[str, Any]] = []
+        self.order: list[str] = []  # modules with parameters, in the order they first ran
         self.handles = []
-        self._max: dict[tuple[type, str], float] = {}
+        self._cache: dict = {}
+        self._pending: dict[nn.Module, tuple[float | None, float | None, int]] = {}
         for m in model.modules():
             if isinstance(m, SATURATING + RECTIFIERS):
-                self.handles.append(m.register_forward_hook(self._activation))
+                self.handles.append(m.register_forward_pre_hook(self._activation_in))
+                self.handles.append(m.register_forward_hook(self._activation_out))
             elif isinstance(m, nn.RNNBase):
                 self.handles.append(m.register_forward_hook(self._recurrent))
+            if any(True for _ in m.parameters(recurse=False)):
+                self.handles.append(m.register_forward_pre_hook(self._ran))
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
 
-    def _max_derivative(self, module: nn.Module) -> float:
-        key = type(module), repr(module)
-        if key not in self._max:
-            z = torch.linspace(-20, 20, 40001, requires_grad=True)
-            with torch.enable_grad():
-                (d,) = torch.autograd.grad(module.forward(z).sum(), z)
-            self._max[key] = float(d.abs().max())
-        return self._max[key]
+    def _ran(self, module: nn.Module, args: tuple) -> None:
+        name = self.names[module]
+        if name not in self.order:
+            self.order.append(name)
 
-    def _activation(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if not args or not isinstance(args[0], torch.Tensor):
+    def _activation_in(self, module: nn.Module, args: tuple) -> None:
+        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
             return
-        with torch.enable_grad():
-            z = args[0].detach().float().requires_grad_(True)
-            out = module.forward(z)  # forward(), not __call__: no hooks, no recursion
-            (d,) = torch.autograd.grad(out.sum(), z)
-        d, out = d.abs(), out.detach()
-        saturating = isinstance(module, SATURATING)
+        x = args[0]
+        saturated, dead = probes._activation_shares(module, x, self.threshold, self._cache)
+        # how many entries of the batch each unit is seen at: too few, and "zero on the whole
+        # batch" says nothing about the unit
+        seen = x.numel() // max(x.shape[probes._unit_dim(x)], 1) if x.dim() else 1
+        self._pending[module] = (saturated, dead, seen)
+
+    def _activation_out(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if module not in self._pending or not isinstance(output, torch.Tensor):
+            return
+        saturated, dead, seen = self._pending.pop(module)
+        out = output.detach().float()
+        is_saturating = isinstance(module, SATURATING)
         self.records.append({
             "name": self.names[module],
             "kind": type(module).__name__,
             "mean": float(out.mean()),
             "std": float(out.std()) if out.numel() > 1 else 0.0,
-            "saturated": float((d < self.threshold * self._max_derivative(module)).float().mean())
-            if saturating else None,
-            "dead": None if saturating else probes._all_zero_share(d == 0),
+            "saturated": saturated if is_saturating else None,
+            "dead": None if is_saturating else dead,
+            "seen": seen,
         })
 
     def _recurrent(self, module: nn.RNNBase, args: tuple, output: Any) -> None:
@@ -511,6 +547,7 @@ class _Recorder:
             "std": float(h.std()) if h.numel() > 1 else 0.0,
             "saturated": None if relu else float((1 - h * h < self.threshold).float().mean()),
             "dead": probes._all_zero_share(h == 0) if relu else None,
+            "seen": h.numel() // max(h.shape[-1], 1),
         })
 
 
@@ -540,7 +577,10 @@ def _forward_backward(
 ):
     """One forward and backward pass of ``scale * loss``.
 
-    Returns (loss, {name: raw scaled grad or None}, activation records, input grad).
+    Returns (loss, {name: raw scaled grad or None}, activation records, input grad, names of the
+    modules with parameters in the order they ran). An error raised by the model or by
+    ``loss_fn`` reaches the caller as it was raised, with a note saying where the checkup called
+    it.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     recorder = _Recorder(model, recorder_threshold) if record else None
@@ -549,21 +589,23 @@ def _forward_backward(
         leaf = inputs.detach().clone().requires_grad_(True)
         inputs = leaf
     try:
-        with torch.enable_grad():
+        # autograd.grad, and the user's backward hooks (a logger's gradient hooks) silenced: the
+        # checkup's pass must not feed the user's bookkeeping
+        with torch.enable_grad(), probes._user_backward_hooks_off(model):
             try:
                 output = probes.call(model, inputs)
-            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            except Exception as err:
                 if "not implemented for 'Half'" in str(err):
                     raise ValueError(
                         "the model's float16 forward pass is not supported on this device "
                         f"({err}); run the checkup on CUDA or in bfloat16") from err
-                raise ValueError(f"batch does not fit the model: the forward pass failed with "
-                                 f"{type(err).__name__}: {err}") from err
+                err.add_note("(raised by the model's forward pass on the checkup's batch inputs)")
+                raise
             try:
                 loss = loss_fn(output, targets)
-            except (RuntimeError, ValueError, TypeError, IndexError) as err:
-                raise ValueError(f"loss_fn failed on the model's output and the targets: "
-                                 f"{type(err).__name__}: {err}") from err
+            except Exception as err:
+                err.add_note("(raised by loss_fn(model output, targets) in the checkup)")
+                raise
             loss = probes.check_loss(loss)
             wanted = [p for _, p in params] + ([leaf] if leaf is not None else [])
             grads = torch.autograd.grad(
@@ -576,8 +618,47 @@ def _forward_backward(
     named = {n: g for (n, _), g in zip(params, grads, strict=False)}
     return (
         loss.detach(), named, (recorder.records if recorder else []),
-        (grads[-1] if leaf is not None else None),
+        (grads[-1] if leaf is not None else None), (recorder.order if recorder else []),
     )
+
+
+def _is_matrix(name: str, p: torch.Tensor) -> bool:
+    """A layer's weight matrix, not a token or per-channel vector stored with extra unit
+    dimensions (a ViT's ``cls_token`` of shape (1, 1, d), started at std 1e-6, is no layer whose
+    update should be compared with its size)."""
+    return name.rpartition(".")[2].startswith("weight") or sum(d > 1 for d in p.shape) >= 2
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def _has(model: nn.Module) -> dict[str, bool]:
+    """What the model already has, so that the fixes do not suggest it: recurrent cores, gated ones
+    (LSTM/GRU), normalization layers, batch norm (which makes the weights' scale irrelevant)."""
+    mods = list(model.modules())
+    return {
+        "recurrent": any(isinstance(m, nn.RNNBase) for m in mods),
+        "gated": any(isinstance(m, (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)) for m in mods),
+        "norm": any(isinstance(m, _NORMS)
+                    or type(m).__name__.endswith(("LayerNorm", "RMSNorm", "GroupNorm"))
+                    for m in mods),
+        "batchnorm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods),
+    }
+
+
+def _forward_order(weights: list[str], order: list[str]) -> list[str]:
+    """``weights`` sorted by when their module first ran. A module that never ran through its own
+    call (``nn.MultiheadAttention`` uses its ``out_proj`` weights directly) takes the place of its
+    nearest ancestor that did; a module's own parameters keep their registration order."""
+    rank = {name: i for i, name in enumerate(order)}
+
+    def key(weight: str) -> int:
+        module = weight.rpartition(".")[0]
+        while module not in rank and module:
+            module = module.rpartition(".")[0]
+        return rank.get(module, len(rank))
+
+    return sorted(weights, key=key)
 
 
 def _check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float]:
@@ -684,18 +765,21 @@ def checkup(
         try:
             # the float32 reference then sees the same dropout
             with torch.random.fork_rng(devices=devices):
-                loss, grads, acts, xgrad = _forward_backward(
+                loss, grads, acts, xgrad, order = _forward_backward(
                     model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
                     scale=loss_scale,
                 )
             flushed = None
-            raw = grads
+            # a sparse gradient (nn.Embedding(sparse=True)) is judged like the dense one it stands
+            # for
+            raw = {n: g.to_dense() if g is not None and g.is_sparse else g
+                   for n, g in grads.items()}
             grads = {n: _unscale(g, loss_scale) for n, g in raw.items()}
             if xgrad is not None:
                 xgrad = _unscale(xgrad, loss_scale)
             if reference and dtype in (torch.float16, torch.bfloat16):
                 ref = copy.deepcopy(model).float()
-                _, ref_grads, _, _ = _forward_backward(
+                _, ref_grads, _, _, _ = _forward_backward(
                     ref, _cast_floats(inputs, torch.float32), targets, loss_fn,
                     th["saturation_derivative"], None, record=False,
                 )
@@ -707,13 +791,21 @@ def checkup(
                     if n in buffers:
                         b.copy_(buffers[n])
 
+    weights = _forward_order(weights, order)
     params = dict(model.named_parameters())
+    # Parameters that start at exactly zero (LoRA's B, a zero-initialized head or residual branch,
+    # a batch-norm gain set to zero): no update-to-weight ratio is defined for them, and they hold
+    # back the gradient of the layers they gate until their first update.
+    zero_init = [n for n, p in params.items()
+                 if p.requires_grad and p.is_floating_point() and "bias" not in n.rpartition(".")[2]
+                 and not bool(p.detach().ne(0).any())]
     # The update-to-weight ratio of one SGD step, std(lr * g) / std(W), computed here in float32
     # from the unscaled gradient (not from .grad, which the checkup must not touch, and which a
     # float16 model could not even hold unscaled).
     updates = {
-        n: lr * _spread(grads[n]) / max(_spread(params[n]), 1e-30)
-        for n in weights if grads[n] is not None
+        n: lr * _spread(grads[n]) / _spread(params[n])
+        for n in weights
+        if grads[n] is not None and _is_matrix(n, params[n]) and _spread(params[n]) > 0
     }
 
     tiny = low_precision_floor(dtype)
@@ -723,7 +815,7 @@ def checkup(
     for n in weights:
         g, w, graw = grads[n], params[n].detach(), raw[n]
         row: dict[str, Any] = {"name": n, "shape": list(w.shape),
-                               "weight_norm": float(_norm(w))}
+                               "weight_norm": float(_norm(w)), "zero_init": n in zero_init}
         if g is None:  # the parameter does not influence this loss
             row.update(grad_norm=None, grad_ratio=None, update_ratio=None, zero=None,
                        subnormal=None, nonfinite=0)
@@ -758,8 +850,8 @@ def checkup(
         other = [d for d in range(xgrad.dim()) if d != tdim]
         time_profile = [float(v) for v in _norm(xgrad, dim=other)]
 
-    model_has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
-    verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th, model_has_rnn)
+    verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
+                      _has(model), zero_init)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
                   losses=losses, thresholds=th)
@@ -785,16 +877,21 @@ def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
     return losses
 
 
-def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, Verdict]:
+def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[str, Verdict]:
     """Turn the measurements into one :class:`Verdict` per symptom."""
     lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
     saturating = any(a["saturated"] is not None for a in acts)
-    measured = [r for r in layers if r["grad_ratio"] is not None]
+    # Weight matrices with an all-zero gradient in a model with parameters that start at zero are
+    # held back by those parameters (a zero-initialized head, residual branch or adapter): the
+    # standard starting point, not a vanishing gradient; the gradient reaches them after the
+    # first update.
+    blocked = [r for r in layers if r["grad_norm"] == 0] if zero_init else []
+    measured = [r for r in layers if r["grad_ratio"] is not None and r not in blocked]
     out: dict[str, Verdict] = {}
 
     def verdict(symptom, found, evidence, *, in_time=False):
         fixes = (
-            _fixes(symptom, recurrent=recurrent, saturating=saturating, in_time=in_time)
+            _fixes(symptom, has=has, saturating=saturating, in_time=in_time)
             if found else []
         )
         chapter = "09_lstm" if (symptom == "vanishing" and in_time) else _CHAPTERS[symptom]
@@ -807,7 +904,11 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
     else:
         worst = min(measured, key=lambda r: r["grad_ratio"]) if measured else None
         parts, found, in_time = [], False, False
-        silent = [r for r in layers if r["grad_norm"] == 0]
+        silent = [r for r in layers if r["grad_norm"] == 0 and r not in blocked]
+        if blocked:
+            parts.append(f"{len(blocked)} of {len(layers)} weight matrices get an all-zero "
+                         f"gradient behind parameters that start at zero (first: {zero_init[0]}), "
+                         "as a zero-initialized head, branch or adapter intends")
         if silent:
             parts.append(f"{len(silent)} of {len(layers)} weight matrices get an all-zero gradient "
                          f"(first: {silent[0]['name']})")
@@ -859,8 +960,13 @@ def _judge(layers, acts, time_profile, loss, dtype, th, recurrent) -> dict[str, 
 
     # dead units: rectifier units that are zero for the whole batch
     rect = [a for a in acts if a["dead"] is not None]
+    few = min((a.get("seen", MIN_SEEN_FOR_DEAD) for a in rect), default=MIN_SEEN_FOR_DEAD)
     if not rect:
         verdict("dead", None, "no rectifier units found")
+    elif few < MIN_SEEN_FOR_DEAD:
+        verdict("dead", None, f"the batch shows each rectifier unit only {few} times (at least "
+                              f"{MIN_SEEN_FOR_DEAD} needed to call a unit that is zero on all of "
+                              "them dead)")
     else:
         mean_dead = sum(a["dead"] for a in rect) / len(rect)
         worst = max(rect, key=lambda a: a["dead"])
