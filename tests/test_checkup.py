@@ -525,3 +525,28 @@ def test_fixes_leave_out_what_the_model_already_has(digits_batch):
     assert fixes and not any(f.startswith(("shrink", "normalize")) for f in fixes)
     plain = checkup.checkup(_mlp(depth=3), digits_batch, CE, lr=1e3).verdicts["exploding"]
     assert any(f.startswith("shrink") for f, _ in plain.fixes)
+
+
+@pytest.mark.parametrize("activation,init,depth,biases", [
+    ("relu", "xavier", 50, True), ("gelu", "xavier", 50, True), ("relu", "default", 20, False),
+])
+def test_flat_but_tiny_is_found_through_the_forward_signal(digits_batch, activation, init, depth,
+                                                           biases):
+    # forward and backward both shrink, so the gradient ratios stay near 1: v1 called these healthy
+    model = _mlp(depth=depth, activation=activation, init=init)
+    if not biases:
+        for block in model.blocks:
+            nn.init.zeros_(block.linear.bias)
+    report = checkup.checkup(model, digits_batch, CE)
+    ratios = [r["grad_ratio"] for r in report.layers]
+    assert min(ratios) > 1e-2  # the gradient profile alone looks fine
+    v = report.verdicts["vanishing"]
+    assert v.found and "forward signal" in v.evidence
+    assert v.fixes[0][1] == "06_initialization"
+    rows = report.layers
+    assert rows[-1]["input_rms"] / rows[1]["input_rms"] < 1e-2
+
+
+def test_he_relu_forward_signal_is_healthy(digits_batch):
+    report = checkup.checkup(_mlp(depth=50, activation="relu", init="he"), digits_batch, CE)
+    assert not report.verdicts["vanishing"].found, report.summary()

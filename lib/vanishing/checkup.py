@@ -484,6 +484,8 @@ class _Recorder:
         self.names = {m: n for n, m in model.named_modules()}
         self.records: list[dict[str, Any]] = []
         self.order: list[str] = []  # modules with parameters, in the order they first ran
+        # mean square of the forward signal entering each module with parameters: [sum, count]
+        self.input_ms: dict[str, list[float]] = {}
         self.handles = []
         self._cache: dict = {}
         self._pending: dict[nn.Module, tuple[float | None, float | None, int]] = {}
@@ -504,6 +506,11 @@ class _Recorder:
         name = self.names[module]
         if name not in self.order:
             self.order.append(name)
+        x = probes._first_tensor(args)
+        if x is not None and x.numel():
+            total = self.input_ms.setdefault(name, [0.0, 0.0])
+            total[0] += probes.safe_norm(x) ** 2
+            total[1] += x.numel()
 
     def _activation_in(self, module: nn.Module, args: tuple) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
@@ -578,9 +585,9 @@ def _forward_backward(
     """One forward and backward pass of ``scale * loss``.
 
     Returns (loss, {name: raw scaled grad or None}, activation records, input grad, names of the
-    modules with parameters in the order they ran). An error raised by the model or by
-    ``loss_fn`` reaches the caller as it was raised, with a note saying where the checkup called
-    it.
+    modules with parameters in the order they ran, {module name: RMS of its forward input}). An
+    error raised by the model or by ``loss_fn`` reaches the caller as it was raised, with a note
+    saying where the checkup called it.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     recorder = _Recorder(model, recorder_threshold) if record else None
@@ -616,9 +623,10 @@ def _forward_backward(
             recorder.remove()
     # grads may end with the input's
     named = {n: g for (n, _), g in zip(params, grads, strict=False)}
+    rms = {n: math.sqrt(s / c) for n, (s, c) in recorder.input_ms.items()} if recorder else {}
     return (
         loss.detach(), named, (recorder.records if recorder else []),
-        (grads[-1] if leaf is not None else None), (recorder.order if recorder else []),
+        (grads[-1] if leaf is not None else None), (recorder.order if recorder else []), rms,
     )
 
 
@@ -765,7 +773,7 @@ def checkup(
         try:
             # the float32 reference then sees the same dropout
             with torch.random.fork_rng(devices=devices):
-                loss, grads, acts, xgrad, order = _forward_backward(
+                loss, grads, acts, xgrad, order, input_rms = _forward_backward(
                     model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
                     scale=loss_scale,
                 )
@@ -779,7 +787,7 @@ def checkup(
                 xgrad = _unscale(xgrad, loss_scale)
             if reference and dtype in (torch.float16, torch.bfloat16):
                 ref = copy.deepcopy(model).float()
-                _, ref_grads, _, _, _ = _forward_backward(
+                _, ref_grads, _, _, _, _ = _forward_backward(
                     ref, _cast_floats(inputs, torch.float32), targets, loss_fn,
                     th["saturation_derivative"], None, record=False,
                 )
@@ -815,7 +823,10 @@ def checkup(
     for n in weights:
         g, w, graw = grads[n], params[n].detach(), raw[n]
         row: dict[str, Any] = {"name": n, "shape": list(w.shape),
-                               "weight_norm": float(_norm(w)), "zero_init": n in zero_init}
+                               "weight_norm": float(_norm(w)), "zero_init": n in zero_init,
+                               # RMS of the forward signal entering the layer (None: not a float
+                               # tensor, e.g. token ids, or the layer did not run)
+                               "input_rms": input_rms.get(n.rpartition(".")[0])}
         if g is None:  # the parameter does not influence this loss
             row.update(grad_norm=None, grad_ratio=None, update_ratio=None, zero=None,
                        subnormal=None, nonfinite=0)
@@ -889,21 +900,29 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[
     measured = [r for r in layers if r["grad_ratio"] is not None and r not in blocked]
     out: dict[str, Verdict] = {}
 
-    def verdict(symptom, found, evidence, *, in_time=False):
+    def verdict(symptom, found, evidence, *, in_time=False, forward=False):
         fixes = (
             _fixes(symptom, has=has, saturating=saturating, in_time=in_time)
             if found else []
         )
+        if forward:  # the forward signal fades at init: the initialization's scale is the cause
+            fixes.sort(key=lambda f: f[1] != "06_initialization")
         chapter = "09_lstm" if (symptom == "vanishing" and in_time) else _CHAPTERS[symptom]
         out[symptom] = Verdict(symptom, found, evidence, chapter, fixes)
 
     # vanishing: in depth (layer / last layer) and, for sequences, in time (first / last step)
     t_ratio = _ratio(time_profile[0], time_profile[-1]) if time_profile else None
+    # The forward signal: RMS of what enters the last weight layer over what enters the second
+    # (the first sees the raw data, whose scale is the user's). ReLU or GELU with Xavier weights
+    # shrink it by about 1/sqrt(2) a layer while the gradient ratios stay flat near 1: flat, but
+    # every layer's gradient is tiny (05_activations).
+    fwd = [r for r in layers if r.get("input_rms") is not None]
+    f_ratio = _ratio(fwd[-1]["input_rms"], fwd[1]["input_rms"]) if len(fwd) >= 3 else None
     if not measured and t_ratio is None and not any(r["grad_norm"] == 0 for r in layers):
         verdict("vanishing", None, "no layer has a finite gradient ratio to the last layer")
     else:
         worst = min(measured, key=lambda r: r["grad_ratio"]) if measured else None
-        parts, found, in_time = [], False, False
+        parts, found, in_time, forward = [], False, False, False
         silent = [r for r in layers if r["grad_norm"] == 0 and r not in blocked]
         if blocked:
             parts.append(f"{len(blocked)} of {len(layers)} weight matrices get an all-zero "
@@ -917,12 +936,17 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[
             parts.append(f"smallest layer/last gradient ratio {_fmt(worst['grad_ratio'])} "
                          f"at {worst['name']} (threshold {lo:g})")
             found |= worst["grad_ratio"] < lo
+        if f_ratio is not None:
+            parts.append(f"forward signal RMS entering {fwd[-1]['name']} / entering "
+                         f"{fwd[1]['name']} {_fmt(f_ratio)}")
+            if f_ratio < lo:
+                found, forward = True, not found
         if t_ratio is not None:
             parts.append(f"first/last time-step gradient ratio {_fmt(t_ratio)} "
                          f"over {len(time_profile)} steps")
             if t_ratio < lo:
                 found, in_time = True, True
-        verdict("vanishing", found, "; ".join(parts), in_time=in_time)
+        verdict("vanishing", found, "; ".join(parts), in_time=in_time, forward=forward)
 
     # exploding: a layer's gradient far above the last one's, or one SGD step moving a layer too
     # far
