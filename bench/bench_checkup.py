@@ -7,7 +7,10 @@ parameters, and a 6-block transformer encoder of width 256, about 5 million) and
 
 * one ordinary training step (zero_grad, forward, backward, SGD step);
 * one checkup (forward with activation hooks, backward via autograd.grad, per-layer statistics);
-* for float16 on CUDA (or bfloat16 on CPU), one checkup with its float32 reference pass.
+* for float16 on CUDA (or bfloat16 on CPU), one checkup with its float32 reference pass;
+* the training monitor (:class:`vanishing.monitor.Monitor`, every 50 steps): ``--monitor-steps``
+  steps with and without it on the float32 MLP, alternated three times (best of three each), and
+  the overhead in percent.
 
 It prints a table of median times and the checkup/step ratio. A benchmark prints; it is never a timed test.
 """
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 import vanishing as vg
-from vanishing import checkup, models
+from vanishing import checkup, models, monitor
 
 
 def _sync(device: torch.device) -> None:
@@ -98,10 +101,40 @@ def measure(name: str, model: nn.Module, batch, dtype: torch.dtype, device: torc
         print(f"{name + ' (no reference)':30s} {'':>8s} {'':>11s} {t_noref * 1e3:7.1f}ms {t_noref / t_step:6.2f}")
 
 
+def measure_monitor(steps: int, every: int, device: torch.device) -> None:
+    """Time ``steps`` training steps of the MLP with and without a Monitor; print the overhead."""
+    _, model, (x, y), _ = next(iter(cases(device)))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def run(watched: bool) -> float:
+        mon = monitor.Monitor(model, opt, every=every) if watched else None
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        _sync(device)
+        if mon is not None:
+            mon.remove()
+        return time.perf_counter() - start
+
+    run(False)  # warm-up
+    plain, watched = [], []
+    for _ in range(3):
+        plain.append(run(False))
+        watched.append(run(True))
+    a, b = min(plain), min(watched)
+    print(f"\nmonitor every {every} steps, {steps} steps of the MLP: {a:.2f} s without, {b:.2f} s "
+          f"with, overhead {100 * (b - a) / a:+.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: vanishing.device())")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--monitor-steps", type=int, default=200,
+                        help="training steps per timing of the monitor's overhead (0: skip)")
     args = parser.parse_args()
     device = vg.device(args.device)
     vg.seed(0)  # also pins torch to one CPU thread (VANISHING_THREADS overrides)
@@ -112,6 +145,8 @@ def main() -> None:
     print("-" * len(head))
     for name, model, batch, dtype in cases(device):
         measure(name, model, batch, dtype, device, args.repeats)
+    if args.monitor_steps:
+        measure_monitor(args.monitor_steps, 50, device)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ tensors), :mod:`vanishing.rbm` and :mod:`vanishing.hierarchy` (pretraining and
 history compression) and :mod:`vanishing.search` (gradient-free search).
 
 :mod:`vanishing.checkup` diagnoses the gradient flow of any PyTorch model:
-``vg.checkup.checkup(model, (inputs, targets), loss_fn)``.
+``vg.checkup.checkup(model, (inputs, targets), loss_fn)``; :mod:`vanishing.monitor`
+reads the same verdicts from the live gradients while it trains.
 """
 
 from __future__ import annotations

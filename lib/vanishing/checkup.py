@@ -889,7 +889,8 @@ def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
 
 
 def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[str, Verdict]:
-    """Turn the measurements into one :class:`Verdict` per symptom."""
+    """Turn the measurements into one :class:`Verdict` per symptom (also for
+    :class:`vanishing.monitor.Monitor`, which passes ``loss=None``: it judges gradients only)."""
     lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
     saturating = any(a["saturated"] is not None for a in acts)
     # Weight matrices with an all-zero gradient in a model with parameters that start at zero are
@@ -1013,13 +1014,15 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[
 
     # non-finite: inf or nan in the loss or any gradient
     bad = [r for r in layers if r["nonfinite"]]
-    if not math.isfinite(loss) or bad:
+    if (loss is not None and not math.isfinite(loss)) or bad:
         where = (
             f"first at {bad[0]['name']} ({bad[0]['nonfinite']} entries)" if bad
             else "in the loss only"
         )
         verdict("nonfinite", True,
-                f"loss {_fmt(loss)}; {len(bad)} layers with inf/nan gradients, {where}")
+                ("" if loss is None else f"loss {_fmt(loss)}; ")
+                + f"{len(bad)} layers with inf/nan gradients, {where}")
     else:
-        verdict("nonfinite", False, "loss and all gradients finite")
+        verdict("nonfinite", False,
+                "all gradients finite" if loss is None else "loss and all gradients finite")
     return out

@@ -1,0 +1,262 @@
+"""Watching gradient flow while a model trains: the checkup's verdicts from the live gradients.
+
+:func:`vanishing.checkup.checkup` examines a model at one moment with a pass of its own. A
+:class:`Monitor` attaches to the user's optimizer and model instead and, every ``every``
+optimizer steps, reads what training computes anyway: each weight matrix's ``.grad`` just before
+the step (after a ``GradScaler`` has unscaled it), the change the step made to the weights (so
+the update-to-weight ratio is the one the user's optimizer really took, Adam's included), and the
+RMS of the forward signal entering each layer during that step's forward pass. No extra forward
+or backward pass is run, and nothing the training computes is changed.
+
+It judges the symptoms the checkup judges from gradients alone (vanishing, exploding, non-finite
+values; the rules are the checkup's, :func:`vanishing.checkup._judge`) and one that only
+training shows, **stalled**: the largest update-to-weight ratio so far below ``stall_ratio`` that
+the weights hardly move. It remembers the step at which each symptom was first seen and converts
+to plain data (:meth:`Monitor.to_dict`, :meth:`Monitor.scalars`) for a logger. For the Hugging Face
+``Trainer``, :class:`MonitorCallback` follows its callback protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkup as _checkup
+from . import probes
+
+__all__ = ["Monitor", "MonitorCallback", "STALL_RATIO"]
+
+#: Largest update-to-weight ratio of a step at which training is called stalled: about a
+#: hundredth of the 1e-3 that a healthy SGD or Adam step typically takes.
+STALL_RATIO = 1e-5
+
+
+def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer itself, also when a wrapper (accelerate's) holds it as ``.optimizer``."""
+    inner = optimizer
+    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise ValueError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    return inner
+
+
+class Monitor:
+    """Gradient-flow verdicts every ``every`` optimizer steps, from the live gradients.
+
+    ``Monitor(model, optimizer, every=50)`` hooks into ``optimizer.step()`` and into the forward
+    passes of ``model``'s layers; use it as a context manager or call :meth:`remove` to detach.
+    ``thresholds`` overrides entries of :data:`vanishing.checkup.THRESHOLDS`; ``stall_ratio`` is
+    the update-to-weight ratio below which a step counts as stalled. Steps are counted from the
+    first ``optimizer.step()`` after attaching, starting at 0; a step that a ``GradScaler`` skips
+    (non-finite gradients) never reaches the optimizer and is not counted.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 50,
+                 thresholds: Mapping[str, float] | None = None, stall_ratio: float = STALL_RATIO):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.optimizer = _unwrap(optimizer)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        if (isinstance(stall_ratio, bool) or not isinstance(stall_ratio, (int, float))
+                or not 0 < stall_ratio < 1):
+            raise ValueError(f"stall_ratio must be a number in (0, 1), got {stall_ratio!r}")
+        self.every, self.stall_ratio = every, float(stall_ratio)
+        self.thresholds = _checkup._check_thresholds(thresholds)
+        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        self._weights = {n: p for n, p in model.named_parameters()
+                         if id(p) in held and p.dim() >= 2 and _checkup._is_matrix(n, p)}
+        if not self._weights:
+            raise ValueError("the optimizer updates none of the model's weight matrices")
+        self._names = {m: n for n, m in model.named_modules()}
+        self._has = _checkup._has(model)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.first_seen: dict[str, int] = {}
+        self._order: list[str] = []
+        self._input_ms: dict[str, list[float]] = {}
+        self._pending: dict[str, Any] | None = None
+        self._handles = [
+            self.optimizer.register_step_pre_hook(self._before),
+            self.optimizer.register_step_post_hook(self._after),
+        ] + [m.register_forward_pre_hook(self._forward) for m in model.modules()
+             if any(True for _ in m.parameters(recurse=False))]
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def _due(self) -> bool:
+        return self.step % self.every == 0
+
+    def _forward(self, module: nn.Module, args: tuple) -> None:
+        if not torch.is_grad_enabled():  # an evaluation pass, not a training step's
+            return
+        name = self._names[module]
+        if name not in self._order:
+            self._order.append(name)
+        x = probes._first_tensor(args)
+        if self._due() and x is not None and x.numel():
+            total = self._input_ms.setdefault(name, [0.0, 0.0])
+            total[0] += probes.safe_norm(x) ** 2
+            total[1] += x.numel()
+
+    def _before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._due():
+            return
+        grads = {n: p.grad for n, p in self._weights.items()}
+        self._pending = {
+            "grads": {n: None if g is None else g.detach().to_dense().float()
+                      for n, g in grads.items()},
+            "weights": {n: p.detach().clone() for n, p in self._weights.items()},
+        }
+
+    def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._record(pending)
+        self.step += 1
+
+    # ---- judging -------------------------------------------------------------------------------
+    def _record(self, pending: dict[str, Any]) -> None:
+        rms = {n: math.sqrt(s / c) for n, (s, c) in self._input_ms.items()}
+        self._input_ms = {}
+        names = _checkup._forward_order(list(self._weights), self._order)
+        grads, before = pending["grads"], pending["weights"]
+        norms = {n: None if grads[n] is None else probes.safe_norm(grads[n]) for n in names}
+        last = next((norms[n] for n in reversed(names) if norms[n] is not None), None)
+        rows: list[dict[str, Any]] = []
+        for n in names:
+            g, w0 = grads[n], before[n]
+            change = self._weights[n].detach() - w0
+            spread = float(w0.double().std()) if w0.numel() > 1 else 0.0
+            rows.append({
+                "name": n,
+                "grad_norm": norms[n],
+                "grad_ratio": _checkup._ratio(norms[n], last),
+                "update_ratio": float(change.double().std()) / spread if spread > 0 else None,
+                "input_rms": rms.get(n.rpartition(".")[0]),
+                "nonfinite": 0 if g is None else g.numel() - int(torch.isfinite(g).sum()),
+                "subnormal": None,  # judged by the checkup on a dedicated pass, not here
+            })
+        zero_init = [r["name"] for r in rows if not bool(before[r["name"]].ne(0).any())]
+        verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has,
+                                   zero_init)
+        verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite")}
+        ups = [r["update_ratio"] for r in rows if r["update_ratio"] is not None]
+        if ups and all(math.isfinite(u) for u in ups):
+            top = max(ups)
+            verdicts["stalled"] = _checkup.Verdict(
+                "stalled", top < self.stall_ratio,
+                f"largest update/weight ratio of the step {_checkup._fmt(top)} "
+                f"(threshold {self.stall_ratio:g})", "04_loss_wall",
+                [("raise the learning rate (or use a warm-up that ends higher)", "04_loss_wall"),
+                 ("initialize for the activation so the gradient has a usable size",
+                  "06_initialization")] if top < self.stall_ratio else [])
+        for s, v in verdicts.items():
+            if v.found and s not in self.first_seen:
+                self.first_seen[s] = self.step
+        self.history.append({
+            "step": self.step, "layers": rows,
+            "verdicts": {s: v.to_dict() for s, v in verdicts.items()},
+            "found": [s for s, v in verdicts.items() if v.found],
+        })
+
+    # ---- results -------------------------------------------------------------------------------
+    @property
+    def found(self) -> list[str]:
+        """The symptoms found at the latest monitored step."""
+        return list(self.history[-1]["found"]) if self.history else []
+
+    def scalars(self) -> dict[str, float]:
+        """Flat numbers of the latest monitored step, for a logger (W&B, TensorBoard, the Hugging
+        Face ``Trainer``'s log): per-symptom 0/1 flags and the extreme ratios."""
+        if not self.history:
+            return {}
+        rec = self.history[-1]
+        out: dict[str, float] = {f"gradflow/{s}": float(bool(v["found"]))
+                                 for s, v in rec["verdicts"].items()}
+        ratios = [r["grad_ratio"] for r in rec["layers"]
+                  if r["grad_ratio"] is not None and math.isfinite(r["grad_ratio"])]
+        ups = [r["update_ratio"] for r in rec["layers"]
+               if r["update_ratio"] is not None and math.isfinite(r["update_ratio"])]
+        if ratios:
+            out["gradflow/min_grad_ratio"] = min(ratios)
+            out["gradflow/max_grad_ratio"] = max(ratios)
+        if ups:
+            out["gradflow/max_update_ratio"] = max(ups)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything recorded, as plain Python data: every monitored step's per-layer rows and
+        verdicts, and the step at which each symptom was first seen."""
+        return {"every": self.every, "steps": self.step, "first_seen": dict(self.first_seen),
+                "history": [dict(r) for r in self.history]}
+
+    def summary(self) -> str:
+        """One line per symptom: first seen at which step, and the latest evidence."""
+        if not self.history:
+            return f"no monitored step yet ({self.step} steps taken, every {self.every})"
+        rec = self.history[-1]
+        lines = [f"gradient flow at step {rec['step']} (monitored every {self.every} steps):"]
+        for s, v in rec["verdicts"].items():
+            first = (f"first seen at step {self.first_seen[s]}" if s in self.first_seen
+                     else "never seen")
+            lines.append(f"{v['status']:>5}  {s:<10} {first}; {v['evidence']}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def remove(self) -> None:
+        """Detach every hook; the record stays readable."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class MonitorCallback:
+    """A :class:`Monitor` for the Hugging Face ``Trainer``: ``Trainer(..., callbacks=[
+    MonitorCallback(every=50)])``.
+
+    It follows the ``TrainerCallback`` protocol (the ``Trainer`` calls each event method with
+    ``model`` and ``optimizer`` keywords): the monitor attaches when training begins, adds its
+    :meth:`Monitor.scalars` to every log, and detaches when training ends. ``.monitor`` holds the
+    record afterwards. The methods the ``Trainer`` may call and this class does not need do
+    nothing.
+    """
+
+    def __init__(self, every: int = 50, **monitor_args: Any):
+        self.every, self.monitor_args = every, monitor_args
+        self.monitor: Monitor | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, *, model: nn.Module | None = None,
+                       optimizer: Any = None, **kwargs: Any) -> None:
+        if model is None or optimizer is None:
+            raise ValueError(
+                "MonitorCallback needs the Trainer's model and optimizer at train begin"
+            )
+        self.monitor = Monitor(model, optimizer, every=self.every, **self.monitor_args)
+
+    def on_log(self, args: Any, state: Any, control: Any, *, logs: dict | None = None,
+               **kwargs: Any) -> None:
+        if self.monitor is not None and logs is not None:
+            logs.update(self.monitor.scalars())
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.remove()
+
+    def __getattr__(self, event: str) -> Any:
+        if event.startswith("on_"):  # every other Trainer event: nothing to do
+            return lambda *args, **kwargs: None
+        raise AttributeError(event)
