@@ -408,31 +408,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _norm(t: torch.Tensor, dim: list[int] | None = None) -> torch.Tensor:
-    """Euclidean norm computed on ``t / max|t|``, so that it cannot underflow.
-
-    A plain float32 norm squares its entries: every entry below about 1e-19 squares to below the
-    smallest normal float32 and the norm of a tiny, but non-zero, gradient comes out as exactly
-    zero (a 50-layer sigmoid network shows this). Dividing by the largest magnitude first keeps the
-    squares in range.
-    """
-    t = t.detach().float()
-    peak = t.abs().amax()
-    if not torch.isfinite(peak) or peak == 0:
-        return t.norm(dim=dim)  # zero stays zero; inf and nan propagate
-    return (t / peak).norm(dim=dim) * peak
-
-
 def _spread(t: torch.Tensor) -> float:
-    """Standard deviation of ``t`` (rescaled like :func:`_norm`); the absolute value for a single
-    entry."""
-    t = t.detach().float()
+    """Standard deviation of all entries of ``t`` in float64 (where no float32 or float16 value's
+    square underflows); the absolute value for a single entry."""
+    t = t.detach().double()
     if t.numel() < 2:
         return float(t.abs().reshape(()))
-    peak = t.abs().amax()
-    if not torch.isfinite(peak) or peak == 0:
-        return float(t.std())
-    return float((t / peak).std() * peak)
+    return float(t.std())
 
 
 def _unscale(g: torch.Tensor | None, scale: float) -> torch.Tensor | None:
@@ -818,12 +800,12 @@ def checkup(
 
     tiny = low_precision_floor(dtype)
     last = next((grads[n] for n in reversed(weights) if grads[n] is not None), None)
-    last_norm = float(_norm(last)) if last is not None else None
+    last_norm = probes.safe_norm(last) if last is not None else None
     layers = []
     for n in weights:
         g, w, graw = grads[n], params[n].detach(), raw[n]
         row: dict[str, Any] = {"name": n, "shape": list(w.shape),
-                               "weight_norm": float(_norm(w)), "zero_init": n in zero_init,
+                               "weight_norm": probes.safe_norm(w), "zero_init": n in zero_init,
                                # RMS of the forward signal entering the layer (None: not a float
                                # tensor, e.g. token ids, or the layer did not run)
                                "input_rms": input_rms.get(n.rpartition(".")[0])}
@@ -834,7 +816,7 @@ def checkup(
             a = graw.detach().abs()  # what the dtype stores: the scaled gradient
             size = a.numel()
             zeros = int((a == 0).sum())
-            norm = float(_norm(g))
+            norm = probes.safe_norm(g)
             row.update(
                 grad_norm=norm,
                 grad_ratio=_ratio(norm, last_norm),
@@ -858,8 +840,7 @@ def checkup(
 
     time_profile = None
     if xgrad is not None:
-        other = [d for d in range(xgrad.dim()) if d != tdim]
-        time_profile = [float(v) for v in _norm(xgrad, dim=other)]
+        time_profile = [probes.safe_norm(step) for step in xgrad.movedim(tdim, 0)]
 
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
                       _has(model), zero_init)

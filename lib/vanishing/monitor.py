@@ -90,30 +90,36 @@ class Monitor:
              if any(True for _ in m.parameters(recurse=False))]
 
     # ---- hooks ---------------------------------------------------------------------------------
-    def _due(self) -> bool:
-        return self.step % self.every == 0
-
     def _forward(self, module: nn.Module, args: tuple) -> None:
-        if not torch.is_grad_enabled():  # an evaluation pass, not a training step's
+        # only the forward passes of monitored steps, and not evaluation passes (no grad)
+        if self.step % self.every or not torch.is_grad_enabled():
             return
         name = self._names[module]
-        if name not in self._order:
+        total = self._input_ms.get(name)
+        if total is None:  # the module's first call in this step: it fixes the forward order
             self._order.append(name)
+            total = self._input_ms[name] = [0.0, 0.0]
         x = probes._first_tensor(args)
-        if self._due() and x is not None and x.numel():
-            total = self._input_ms.setdefault(name, [0.0, 0.0])
+        if x is not None and x.numel():
             total[0] += probes.safe_norm(x) ** 2
             total[1] += x.numel()
 
     def _before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._due():
+        if self.step % self.every:
             return
-        grads = {n: p.grad for n, p in self._weights.items()}
-        self._pending = {
-            "grads": {n: None if g is None else g.detach().to_dense().float()
-                      for n, g in grads.items()},
-            "weights": {n: p.detach().clone() for n, p in self._weights.items()},
-        }
+        # read the gradients now: an optimizer may change .grad in place during its step
+        norms: dict[str, float | None] = {}
+        nonfinite: dict[str, int] = {}
+        for n, p in self._weights.items():
+            g = p.grad
+            if g is None:
+                norms[n], nonfinite[n] = None, 0
+                continue
+            g = g.detach().coalesce().values() if g.is_sparse else g.detach()
+            norms[n] = probes.safe_norm(g) if g.numel() else 0.0
+            nonfinite[n] = g.numel() - int(torch.isfinite(g).sum())
+        self._pending = {"norms": norms, "nonfinite": nonfinite,
+                         "weights": {n: p.detach().clone() for n, p in self._weights.items()}}
 
     def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         pending, self._pending = self._pending, None
@@ -123,15 +129,14 @@ class Monitor:
 
     # ---- judging -------------------------------------------------------------------------------
     def _record(self, pending: dict[str, Any]) -> None:
-        rms = {n: math.sqrt(s / c) for n, (s, c) in self._input_ms.items()}
-        self._input_ms = {}
+        rms = {n: math.sqrt(s / c) for n, (s, c) in self._input_ms.items() if c}
         names = _checkup._forward_order(list(self._weights), self._order)
-        grads, before = pending["grads"], pending["weights"]
-        norms = {n: None if grads[n] is None else probes.safe_norm(grads[n]) for n in names}
+        self._input_ms, self._order = {}, []
+        norms, before = pending["norms"], pending["weights"]
         last = next((norms[n] for n in reversed(names) if norms[n] is not None), None)
         rows: list[dict[str, Any]] = []
         for n in names:
-            g, w0 = grads[n], before[n]
+            w0 = before[n]
             change = self._weights[n].detach() - w0
             spread = float(w0.double().std()) if w0.numel() > 1 else 0.0
             rows.append({
@@ -140,7 +145,7 @@ class Monitor:
                 "grad_ratio": _checkup._ratio(norms[n], last),
                 "update_ratio": float(change.double().std()) / spread if spread > 0 else None,
                 "input_rms": rms.get(n.rpartition(".")[0]),
-                "nonfinite": 0 if g is None else g.numel() - int(torch.isfinite(g).sum()),
+                "nonfinite": pending["nonfinite"][n],
                 "subnormal": None,  # judged by the checkup on a dedicated pass, not here
             })
         zero_init = [r["name"] for r in rows if not bool(before[r["name"]].ne(0).any())]
