@@ -550,3 +550,13 @@ def test_flat_but_tiny_is_found_through_the_forward_signal(digits_batch, activat
 def test_he_relu_forward_signal_is_healthy(digits_batch):
     report = checkup.checkup(_mlp(depth=50, activation="relu", init="he"), digits_batch, CE)
     assert not report.verdicts["vanishing"].found, report.summary()
+
+
+def test_initial_loss_is_compared_with_a_uniform_guess(digits_batch):
+    report = checkup.checkup(_mlp(depth=3, activation="relu", init="he"), digits_batch, CE)
+    assert report.classes == 10 and report.to_dict()["classes"] == 10
+    assert f"times ln 10 = {math.log(10):.3g}" in str(report)
+    # regression, or targets that are not class indices: no comparison
+    x = torch.randn(8, 64)
+    regression = checkup.checkup(_mlp(depth=2), (x, torch.randn(8, 10)), nn.functional.mse_loss)
+    assert regression.classes is None and "times ln" not in str(regression)

@@ -43,7 +43,7 @@ import html
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -223,7 +223,9 @@ class Report:
     one dict per activation module or recurrent core; ``time_profile``: the
     gradient norm at each input time step (None when the input is not a
     sequence); ``verdicts``: symptom -> :class:`Verdict`; ``losses``: the loss
-    before and after each of the optional training steps.
+    before and after each of the optional training steps; ``classes``: the number
+    of classes C of a classification batch, whose loss at initialization is
+    compared with ln C, the cross-entropy of a uniform guess (None otherwise).
     """
 
     loss: float
@@ -235,6 +237,7 @@ class Report:
     verdicts: dict[str, Verdict]
     losses: list[float] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
+    classes: int | None = None
 
     @property
     def healthy(self) -> bool:
@@ -259,7 +262,16 @@ class Report:
             "verdicts": {s: v.to_dict() for s, v in self.verdicts.items()},
             "losses": list(self.losses),
             "thresholds": dict(self.thresholds),
+            "classes": self.classes,
         }
+
+    def _loss_text(self) -> str:
+        text = f"loss {_fmt(self.loss)}"
+        if self.classes is not None:
+            chance = math.log(self.classes)
+            text += (f" ({_fmt(self.loss / chance)} times ln {self.classes} = {chance:.3g}, "
+                     "a uniform guess's cross-entropy)")
+        return text
 
     # ---- text -----------------------------------------------------------------
     def _layer_rows(self) -> list[list[str]]:
@@ -304,7 +316,7 @@ class Report:
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        head = f"checkup: loss {_fmt(self.loss)}, dtype {self.dtype}, lr {self.lr:g}"
+        head = f"checkup: {self._loss_text()}, dtype {self.dtype}, lr {self.lr:g}"
         if self.losses:
             head += f", loss after {len(self.losses) - 1} SGD steps {_fmt(self.losses[-1])}"
         verdict = "healthy" if self.healthy else "found: " + ", ".join(self.found)
@@ -326,7 +338,7 @@ class Report:
     def _repr_html_(self) -> str:
         colour = {"FOUND": "#D55E00", "ok": "#009E73", "n/a": "#777777"}
         esc = html.escape
-        out = [f"<div><p><b>checkup</b>: loss {_fmt(self.loss)}, dtype {esc(self.dtype)}, "
+        out = [f"<div><p><b>checkup</b>: {esc(self._loss_text())}, dtype {esc(self.dtype)}, "
                f"lr {self.lr:g} &rarr; "
                + ("<b style='color:#009E73'>healthy</b>" if self.healthy
                   else "<b style='color:#D55E00'>found: " + esc(", ".join(self.found)) + "</b>")
@@ -561,15 +573,34 @@ def _time_dim(model: nn.Module, inputs: Any, time_dim: int | str | None) -> int 
     return time_dim
 
 
+class _Pass(NamedTuple):
+    """What one forward and backward pass of the checkup measured."""
+
+    loss: torch.Tensor
+    grads: dict[str, torch.Tensor | None]  # parameter name -> raw (scaled) gradient
+    acts: list[dict[str, Any]]  # activation and recurrent-core records
+    xgrad: torch.Tensor | None  # gradient with respect to a sequence input
+    order: list[str]  # modules with parameters, in the order they first ran
+    input_rms: dict[str, float]  # module name -> RMS of its forward input
+    classes: int | None  # C, when the output is (N, C) logits scored against N class indices
+
+
+def _classes(output: Any, targets: Any) -> int | None:
+    """C for a classification batch: (N, C) float logits with C >= 2 and N integer targets."""
+    if (isinstance(output, torch.Tensor) and output.is_floating_point() and output.dim() == 2
+            and output.shape[1] >= 2 and isinstance(targets, torch.Tensor)
+            and not targets.is_floating_point() and targets.shape == output.shape[:1]):
+        return int(output.shape[1])
+    return None
+
+
 def _forward_backward(
     model, inputs, targets, loss_fn, recorder_threshold, time_dim, record=True, scale=1.0
 ):
-    """One forward and backward pass of ``scale * loss``.
+    """One forward and backward pass of ``scale * loss``, as a :class:`_Pass`.
 
-    Returns (loss, {name: raw scaled grad or None}, activation records, input grad, names of the
-    modules with parameters in the order they ran, {module name: RMS of its forward input}). An
-    error raised by the model or by ``loss_fn`` reaches the caller as it was raised, with a note
-    saying where the checkup called it.
+    An error raised by the model or by ``loss_fn`` reaches the caller as it was raised, with a
+    note saying where the checkup called it.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     recorder = _Recorder(model, recorder_threshold) if record else None
@@ -606,9 +637,10 @@ def _forward_backward(
     # grads may end with the input's
     named = {n: g for (n, _), g in zip(params, grads, strict=False)}
     rms = {n: math.sqrt(s / c) for n, (s, c) in recorder.input_ms.items()} if recorder else {}
-    return (
+    return _Pass(
         loss.detach(), named, (recorder.records if recorder else []),
         (grads[-1] if leaf is not None else None), (recorder.order if recorder else []), rms,
+        _classes(output, targets),
     )
 
 
@@ -755,7 +787,7 @@ def checkup(
         try:
             # the float32 reference then sees the same dropout
             with torch.random.fork_rng(devices=devices):
-                loss, grads, acts, xgrad, order, input_rms = _forward_backward(
+                loss, grads, acts, xgrad, order, input_rms, classes = _forward_backward(
                     model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
                     scale=loss_scale,
                 )
@@ -769,10 +801,10 @@ def checkup(
                 xgrad = _unscale(xgrad, loss_scale)
             if reference and dtype in (torch.float16, torch.bfloat16):
                 ref = copy.deepcopy(model).float()
-                _, ref_grads, _, _, _, _ = _forward_backward(
+                ref_grads = _forward_backward(
                     ref, _cast_floats(inputs, torch.float32), targets, loss_fn,
                     th["saturation_derivative"], None, record=False,
-                )
+                ).grads
                 flushed = {n: ref_grads.get(n) for n in weights}
             losses = _sgd_losses(model, inputs, targets, loss_fn, lr, steps) if steps else []
         finally:
@@ -846,7 +878,7 @@ def checkup(
                       _has(model), zero_init)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
-                  losses=losses, thresholds=th)
+                  losses=losses, thresholds=th, classes=classes)
 
 
 def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
