@@ -427,7 +427,7 @@ def test_inplace_relu_resnet_runs_restores_and_reads_healthy(image_batch, zero_l
     relus = [a for a in report.activations if a["kind"] == "ReLU"]
     assert len(relus) == 5 and all(0 <= a["dead"] < 0.5 for a in relus)
     if zero_last_gamma:
-        assert "start at zero" in report.verdicts["vanishing"].evidence
+        assert "near zero (first: 3.bn2.weight)" in report.verdicts["vanishing"].evidence
 
 
 def test_sparse_embedding_gradient_is_measured():
@@ -560,3 +560,64 @@ def test_initial_loss_is_compared_with_a_uniform_guess(digits_batch):
     x = torch.randn(8, 64)
     regression = checkup.checkup(_mlp(depth=2), (x, torch.randn(8, 10)), nn.functional.mse_loss)
     assert regression.classes is None and "times ln" not in str(regression)
+
+
+class _Offset(nn.Module):
+    """A network with a zero-initialized parameter that gates nothing: a learned input offset."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(64))
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x + self.offset)
+
+
+def test_a_zero_parameter_excuses_only_the_layers_it_gates(digits_batch):
+    # review finding: one zero parameter anywhere used to excuse every all-zero gradient
+    dead = _mlp(depth=3, activation="relu", init="he")
+    with torch.no_grad():
+        dead.blocks[-1].linear.bias.fill_(-100.0)
+    report = checkup.checkup(_Offset(dead), digits_batch, CE)
+    assert report.verdicts["vanishing"].found, report.summary()
+    assert "behind a parameter" not in report.verdicts["vanishing"].evidence
+
+
+class _TinyViT(nn.Module):
+    """A pre-LN vision transformer in the timm style: patch embedding, class token and position
+    embedding held by the model itself, encoder, final LayerNorm, head."""
+
+    def __init__(self, d: int = 32, blocks: int = 4):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, stride=4)
+        self.cls_token = nn.Parameter(1e-6 * torch.randn(1, 1, d))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, 10, d))
+        layer = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, activation=nn.GELU(),
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
+        return self.head(self.norm(self.encoder(tokens))[:, 0])
+
+
+def test_raw_input_scale_does_not_decide_the_forward_verdict(image_batch):
+    # review finding: a healthy ViT on raw 0-255 pixels read "vanishing" (the reference layer saw
+    # the data), as did an RNN whose inputs were scaled up
+    vg.seed(0)
+    vit = _TinyViT()
+    pixels = 255 * torch.rand(16, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    report = checkup.checkup(vit, (pixels, image_batch[1]), CE)
+    assert not report.verdicts["vanishing"].found and not report.verdicts["exploding"].found, (
+        report.summary())
+    assert all(r["update_ratio"] is None for r in report.layers if r["name"] == "cls_token")
+    vg.seed(0)
+    rnn = recurrent.rnn(cell="lstm", input_size=4, hidden_size=16, output_size=4)
+    x = 100 * torch.randn(32, 5, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(1))
+    evidence = checkup.checkup(rnn, (x, y), CE).verdicts["vanishing"].evidence
+    assert "forward signal" not in evidence  # the core sees the raw input; only the head remains

@@ -168,3 +168,39 @@ def test_errors(batch):
         monitor.Monitor(model, torch.optim.SGD([model.head.bias], lr=0.1))
     with pytest.raises(ValueError, match="model and optimizer"):
         monitor.MonitorCallback().on_train_begin(None, None, None, model=model)
+
+
+def test_warm_up_from_zero_is_not_stalled(batch):
+    model = _net(depth=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: step / 2)  # lr 0 at step 0
+    x, y = batch
+    with monitor.Monitor(model, opt, every=1) as mon:
+        for _ in range(3):
+            opt.zero_grad()
+            CE(model(x), y).backward()
+            opt.step()
+            warm.step()
+    assert mon.history[0]["verdicts"]["stalled"]["found"] is None
+    assert "stalled" not in mon.first_seen
+
+
+def test_zero_gamma_residual_branches_are_not_vanishing_at_step_zero():
+    from test_checkup import _resnet  # the torchvision-style blocks with in-place ReLUs
+
+    model = _resnet(zero_last_gamma=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 12, 12, generator=g), torch.randint(0, 10, (16,), generator=g)
+    with monitor.Monitor(model, opt, every=1) as mon:
+        opt.zero_grad()
+        CE(model(x), y).backward()
+        opt.step()
+    v = mon.history[0]["verdicts"]["vanishing"]
+    assert not v["found"] and "near zero (first: 3.bn2.weight)" in v["evidence"], v["evidence"]
+
+
+def test_closure_optimizers_are_refused():
+    model = _net(depth=2)
+    with pytest.raises(ValueError, match="LBFGS"):
+        monitor.Monitor(model, torch.optim.LBFGS(model.parameters()))

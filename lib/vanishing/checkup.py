@@ -79,6 +79,9 @@ THRESHOLDS: dict[str, float] = {
     "vanishing_ratio": 1e-2,
     # largest gradient-norm ratio still called healthy
     "exploding_ratio": 1e2,
+    # smallest ratio of the forward signal's RMS entering the last weight layer to the largest
+    # entering a hidden one, still called healthy
+    "forward_ratio": 1e-2,
     # largest update-to-weight ratio std(lr*g)/std(W) still called healthy (one step as large as
     # the weights)
     "update_ratio": 1.0,
@@ -480,6 +483,10 @@ class _Recorder:
         self.order: list[str] = []  # modules with parameters, in the order they first ran
         # mean square of the forward signal entering each module with parameters: [sum, count]
         self.input_ms: dict[str, list[float]] = {}
+        # modules that see the model's own input (its scale is the user's data's, not the
+        # network's doing): the first with a float input, and any given one of the input tensors
+        self.raw: set[str] = set()
+        self.input_ids: set[int] = set()
         self.handles = []
         self._cache: dict = {}
         self._pending: dict[nn.Module, tuple[float | None, float | None, int]] = {}
@@ -501,6 +508,8 @@ class _Recorder:
         if name not in self.order:
             self.order.append(name)
         x = probes._first_tensor(args)
+        if x is not None and (not self.input_ms or id(x) in self.input_ids):
+            self.raw.add(name)
         if x is not None and x.numel():
             total = self.input_ms.setdefault(name, [0.0, 0.0])
             total[0] += probes.safe_norm(x) ** 2
@@ -573,6 +582,17 @@ def _time_dim(model: nn.Module, inputs: Any, time_dim: int | str | None) -> int 
     return time_dim
 
 
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if not isinstance(obj, (list, tuple)):
+        return []
+    return [t for item in obj for t in _tensors(item)]
+
+
 class _Pass(NamedTuple):
     """What one forward and backward pass of the checkup measured."""
 
@@ -582,6 +602,7 @@ class _Pass(NamedTuple):
     xgrad: torch.Tensor | None  # gradient with respect to a sequence input
     order: list[str]  # modules with parameters, in the order they first ran
     input_rms: dict[str, float]  # module name -> RMS of its forward input
+    raw: set[str]  # modules that see the model's own input
     classes: int | None  # C, when the output is (N, C) logits scored against N class indices
 
 
@@ -608,6 +629,8 @@ def _forward_backward(
     if time_dim is not None:
         leaf = inputs.detach().clone().requires_grad_(True)
         inputs = leaf
+    if recorder is not None:
+        recorder.input_ids = {id(t) for t in _tensors(inputs)}
     try:
         # autograd.grad, and the user's backward hooks (a logger's gradient hooks) silenced: the
         # checkup's pass must not feed the user's bookkeeping
@@ -640,7 +663,7 @@ def _forward_backward(
     return _Pass(
         loss.detach(), named, (recorder.records if recorder else []),
         (grads[-1] if leaf is not None else None), (recorder.order if recorder else []), rms,
-        _classes(output, targets),
+        (recorder.raw if recorder else set()), _classes(output, targets),
     )
 
 
@@ -668,19 +691,70 @@ def _has(model: nn.Module) -> dict[str, bool]:
     }
 
 
-def _forward_order(weights: list[str], order: list[str]) -> list[str]:
-    """``weights`` sorted by when their module first ran. A module that never ran through its own
+def _module_rank(order: list[str]) -> Callable[[str], int]:
+    """Rank of a module (by name) in the forward pass. A module that never ran through its own
     call (``nn.MultiheadAttention`` uses its ``out_proj`` weights directly) takes the place of its
-    nearest ancestor that did; a module's own parameters keep their registration order."""
+    nearest ancestor that did; one with no such ancestor goes last."""
     rank = {name: i for i, name in enumerate(order)}
 
-    def key(weight: str) -> int:
-        module = weight.rpartition(".")[0]
+    def key(module: str) -> int:
         while module not in rank and module:
             module = module.rpartition(".")[0]
         return rank.get(module, len(rank))
 
-    return sorted(weights, key=key)
+    return key
+
+
+def _forward_order(weights: list[str], order: list[str]) -> list[str]:
+    """``weights`` sorted by when their module first ran (see :func:`_module_rank`); a module's
+    own parameters keep their registration order."""
+    rank = _module_rank(order)
+    return sorted(weights, key=lambda w: rank(w.rpartition(".")[0]))
+
+
+#: A gain no larger than this in every entry counts as a gate that starts (nearly) closed: the
+#: layer scale of ConvNeXt and CaiT (1e-6 to 1e-5), besides exact zeros.
+GATE_SCALE = 1e-4
+
+#: Names of attention query and key projections (PyTorch, Hugging Face, timm). At initialization
+#: attention is nearly uniform and their gradient is small by design, not by depth: it grows as
+#: the attention sharpens. They are reported, not judged.
+_QUERY_KEY = ("query", "key", "q_proj", "k_proj", "q_lin", "k_lin", "to_q", "to_k", "wq", "wk")
+
+
+def _is_query_key(name: str) -> bool:
+    module = name.rpartition(".")[0]
+    return module.rpartition(".")[2] in _QUERY_KEY
+
+
+def _gated(weak: list[str], gates: list[str], order: list[str]) -> dict[str, str]:
+    """Weight matrices whose tiny or all-zero gradient a gate that starts (nearly) closed explains:
+    {matrix: gate}.
+
+    A gate is a parameter that starts at zero or below :data:`GATE_SCALE` (LoRA's B, the last
+    batch-norm gain of a residual branch, a zero head, a layer scale) and whose own gradient is
+    not zero, so it will open. It scales the backward signal to the layers inside the module that
+    holds it and to those that run before it inside that module's parent. Parameters held by the
+    model itself (a class token, a position embedding) act at the input and gate nothing.
+    """
+    rank = _module_rank(order)
+    out = {}
+    for w in weak:
+        module = w.rpartition(".")[0]
+        for g in gates:
+            holder = g.rpartition(".")[0]
+            if not holder:
+                continue
+            parent = holder.rpartition(".")[0]
+            within = module.startswith(holder + ".")
+            before = (
+                (not parent or module.startswith(parent + "."))
+                and module != holder and rank(module) < rank(holder)
+            )
+            if within or before:
+                out[w] = g
+                break
+    return out
 
 
 def _check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float]:
@@ -787,7 +861,7 @@ def checkup(
         try:
             # the float32 reference then sees the same dropout
             with torch.random.fork_rng(devices=devices):
-                loss, grads, acts, xgrad, order, input_rms, classes = _forward_backward(
+                loss, grads, acts, xgrad, order, input_rms, raw_input, classes = _forward_backward(
                     model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
                     scale=loss_scale,
                 )
@@ -821,6 +895,10 @@ def checkup(
     zero_init = [n for n, p in params.items()
                  if p.requires_grad and p.is_floating_point() and "bias" not in n.rpartition(".")[2]
                  and not bool(p.detach().ne(0).any())]
+    gates = [n for n, p in params.items()
+             if p.requires_grad and p.is_floating_point() and "bias" not in n.rpartition(".")[2]
+             and p.numel() and float(p.detach().abs().max()) <= GATE_SCALE
+             and raw.get(n) is not None and bool(raw[n].ne(0).any())]
     # The update-to-weight ratio of one SGD step, std(lr * g) / std(W), computed here in float32
     # from the unscaled gradient (not from .grad, which the checkup must not touch, and which a
     # float16 model could not even hold unscaled).
@@ -839,8 +917,10 @@ def checkup(
         row: dict[str, Any] = {"name": n, "shape": list(w.shape),
                                "weight_norm": probes.safe_norm(w), "zero_init": n in zero_init,
                                # RMS of the forward signal entering the layer (None: not a float
-                               # tensor, e.g. token ids, or the layer did not run)
-                               "input_rms": input_rms.get(n.rpartition(".")[0])}
+                               # tensor, e.g. token ids, or the layer did not run, or the layer
+                               # sees the model's own input, whose scale is the user's)
+                               "input_rms": None if n.rpartition(".")[0] in raw_input
+                               else input_rms.get(n.rpartition(".")[0])}
         if g is None:  # the parameter does not influence this loss
             row.update(grad_norm=None, grad_ratio=None, update_ratio=None, zero=None,
                        subnormal=None, nonfinite=0)
@@ -874,8 +954,12 @@ def checkup(
     if xgrad is not None:
         time_profile = [probes.safe_norm(step) for step in xgrad.movedim(tdim, 0)]
 
+    weak = [r["name"] for r in layers
+            if r["grad_norm"] == 0 or (r["grad_ratio"] is not None
+                                       and r["grad_ratio"] < th["vanishing_ratio"])]
+    gated = _gated(weak, gates, order)
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
-                      _has(model), zero_init)
+                      _has(model), gated)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
                   losses=losses, thresholds=th, classes=classes)
@@ -901,17 +985,19 @@ def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
     return losses
 
 
-def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[str, Verdict]:
+def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str, Verdict]:
     """Turn the measurements into one :class:`Verdict` per symptom (also for
     :class:`vanishing.monitor.Monitor`, which passes ``loss=None``: it judges gradients only)."""
     lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
     saturating = any(a["saturated"] is not None for a in acts)
-    # Weight matrices with an all-zero gradient in a model with parameters that start at zero are
-    # held back by those parameters (a zero-initialized head, residual branch or adapter): the
-    # standard starting point, not a vanishing gradient; the gradient reaches them after the
-    # first update.
-    blocked = [r for r in layers if r["grad_norm"] == 0] if zero_init else []
-    measured = [r for r in layers if r["grad_ratio"] is not None and r not in blocked]
+    # Weight matrices whose all-zero gradient a zero-initialized gate explains (a zero head,
+    # residual branch or adapter; see _gated): the standard starting point, not a vanishing
+    # gradient; the gradient reaches them after the gate's first update.
+    blocked = [r for r in layers if r["name"] in gated]
+    # attention query/key matrices: small gradients at init by design (see _QUERY_KEY)
+    attention = [r for r in layers if _is_query_key(r["name"]) and r not in blocked]
+    measured = [r for r in layers
+                if r["grad_ratio"] is not None and r not in blocked and r not in attention]
     out: dict[str, Verdict] = {}
 
     def verdict(symptom, found, evidence, *, in_time=False, forward=False):
@@ -926,22 +1012,31 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[
 
     # vanishing: in depth (layer / last layer) and, for sequences, in time (first / last step)
     t_ratio = _ratio(time_profile[0], time_profile[-1]) if time_profile else None
-    # The forward signal: RMS of what enters the last weight layer over what enters the second
-    # (the first sees the raw data, whose scale is the user's). ReLU or GELU with Xavier weights
-    # shrink it by about 1/sqrt(2) a layer while the gradient ratios stay flat near 1: flat, but
-    # every layer's gradient is tiny (05_activations).
+    # The forward signal: RMS of what enters the last weight layer over the largest entering a
+    # hidden one (layers that see the model's own input have no input_rms: its scale is the
+    # user's). ReLU or GELU with Xavier weights shrink it by about 1/sqrt(2) a layer while the
+    # gradient ratios stay flat near 1: flat, but every layer's gradient is tiny (05_activations).
     fwd = [r for r in layers if r.get("input_rms") is not None]
-    f_ratio = _ratio(fwd[-1]["input_rms"], fwd[1]["input_rms"]) if len(fwd) >= 3 else None
+    top = max(fwd[:-1], key=lambda r: r["input_rms"]) if len(fwd) >= 2 else None
+    f_ratio = _ratio(fwd[-1]["input_rms"], top["input_rms"]) if top is not None else None
     if not measured and t_ratio is None and not any(r["grad_norm"] == 0 for r in layers):
         verdict("vanishing", None, "no layer has a finite gradient ratio to the last layer")
     else:
         worst = min(measured, key=lambda r: r["grad_ratio"]) if measured else None
         parts, found, in_time, forward = [], False, False, False
-        silent = [r for r in layers if r["grad_norm"] == 0 and r not in blocked]
+        silent = [r for r in layers if r["grad_norm"] == 0 and r not in blocked
+                  and r not in attention]
         if blocked:
-            parts.append(f"{len(blocked)} of {len(layers)} weight matrices get an all-zero "
-                         f"gradient behind parameters that start at zero (first: {zero_init[0]}), "
-                         "as a zero-initialized head, branch or adapter intends")
+            parts.append(f"{len(blocked)} of {len(layers)} weight matrices get a zero or tiny "
+                         f"gradient behind a gate that starts at or near zero (first: "
+                         f"{gated[blocked[0]['name']]}), as a zero-initialized head, branch, "
+                         "adapter or layer scale intends")
+        if attention:
+            low = min(attention, key=lambda r: r["grad_ratio"] if r["grad_ratio"] is not None
+                      else math.inf)
+            parts.append(f"{len(attention)} attention query/key matrices not judged (smallest "
+                         f"ratio {_fmt(low['grad_ratio'])} at {low['name']}: nearly uniform "
+                         "attention at initialization)")
         if silent:
             parts.append(f"{len(silent)} of {len(layers)} weight matrices get an all-zero gradient "
                          f"(first: {silent[0]['name']})")
@@ -950,10 +1045,11 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, zero_init) -> dict[
             parts.append(f"smallest layer/last gradient ratio {_fmt(worst['grad_ratio'])} "
                          f"at {worst['name']} (threshold {lo:g})")
             found |= worst["grad_ratio"] < lo
-        if f_ratio is not None:
-            parts.append(f"forward signal RMS entering {fwd[-1]['name']} / entering "
-                         f"{fwd[1]['name']} {_fmt(f_ratio)}")
-            if f_ratio < lo:
+        if f_ratio is not None and top is not None:
+            parts.append(f"forward signal RMS entering {fwd[-1]['name']} / largest entering a "
+                         f"hidden layer ({top['name']}) {_fmt(f_ratio)} "
+                         f"(threshold {th['forward_ratio']:g})")
+            if f_ratio < th["forward_ratio"]:
                 found, forward = True, not found
         if t_ratio is not None:
             parts.append(f"first/last time-step gradient ratio {_fmt(t_ratio)} "

@@ -55,7 +55,10 @@ class Monitor:
     ``thresholds`` overrides entries of :data:`vanishing.checkup.THRESHOLDS`; ``stall_ratio`` is
     the update-to-weight ratio below which a step counts as stalled. Steps are counted from the
     first ``optimizer.step()`` after attaching, starting at 0; a step that a ``GradScaler`` skips
-    (non-finite gradients) never reaches the optimizer and is not counted.
+    (non-finite gradients) never reaches the optimizer and is not counted. On a monitored step
+    the monitor holds one copy of the weight matrices until the step is taken. Optimizers that
+    evaluate a closure inside ``step()`` (``LBFGS``) compute their gradients after the step's
+    pre-hook, and are refused.
     """
 
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 50,
@@ -63,6 +66,9 @@ class Monitor:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.optimizer = _unwrap(optimizer)
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            raise ValueError("optimizer: LBFGS computes its gradients inside step(), after the "
+                             "monitor's hook; use the checkup on its model instead")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if (isinstance(stall_ratio, bool) or not isinstance(stall_ratio, (int, float))
@@ -71,8 +77,9 @@ class Monitor:
         self.every, self.stall_ratio = every, float(stall_ratio)
         self.thresholds = _checkup._check_thresholds(thresholds)
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        self._weights = {n: p for n, p in model.named_parameters()
-                         if id(p) in held and p.dim() >= 2 and _checkup._is_matrix(n, p)}
+        self._params = {n: p for n, p in model.named_parameters() if id(p) in held}
+        self._weights = {n: p for n, p in self._params.items()
+                         if p.dim() >= 2 and _checkup._is_matrix(n, p)}
         if not self._weights:
             raise ValueError("the optimizer updates none of the model's weight matrices")
         self._names = {m: n for n, m in model.named_modules()}
@@ -82,14 +89,21 @@ class Monitor:
         self.first_seen: dict[str, int] = {}
         self._order: list[str] = []
         self._input_ms: dict[str, list[float]] = {}
+        self._raw: set[str] = set()  # modules that saw the model's own input in this step
+        self._input_ids: set[int] = set()
         self._pending: dict[str, Any] | None = None
         self._handles = [
             self.optimizer.register_step_pre_hook(self._before),
             self.optimizer.register_step_post_hook(self._after),
+            model.register_forward_pre_hook(self._model_input, with_kwargs=True),
         ] + [m.register_forward_pre_hook(self._forward) for m in model.modules()
              if any(True for _ in m.parameters(recurse=False))]
 
     # ---- hooks ---------------------------------------------------------------------------------
+    def _model_input(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self.step % self.every and torch.is_grad_enabled():
+            self._input_ids |= {id(t) for t in _checkup._tensors((args, kwargs))}
+
     def _forward(self, module: nn.Module, args: tuple) -> None:
         # only the forward passes of monitored steps, and not evaluation passes (no grad)
         if self.step % self.every or not torch.is_grad_enabled():
@@ -100,6 +114,10 @@ class Monitor:
             self._order.append(name)
             total = self._input_ms[name] = [0.0, 0.0]
         x = probes._first_tensor(args)
+        # the first layer with a float input, and any given the model's own input tensor, see the
+        # user's data, whose scale is not the network's doing
+        if x is not None and (id(x) in self._input_ids or not self._raw):
+            self._raw.add(name)
         if x is not None and x.numel():
             total[0] += probes.safe_norm(x) ** 2
             total[1] += x.numel()
@@ -107,7 +125,10 @@ class Monitor:
     def _before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.step % self.every:
             return
-        # read the gradients now: an optimizer may change .grad in place during its step
+        # read the gradients now: an optimizer may change .grad in place during its step. A fused
+        # optimizer under a GradScaler gets the scale as an argument and unscales inside step().
+        scale = (kwargs or {}).get("grad_scale")
+        scale = 1.0 if scale is None else float(scale)
         norms: dict[str, float | None] = {}
         nonfinite: dict[str, int] = {}
         for n, p in self._weights.items():
@@ -116,9 +137,15 @@ class Monitor:
                 norms[n], nonfinite[n] = None, 0
                 continue
             g = g.detach().coalesce().values() if g.is_sparse else g.detach()
-            norms[n] = probes.safe_norm(g) if g.numel() else 0.0
+            norms[n] = probes.safe_norm(g) / scale if g.numel() else 0.0
             nonfinite[n] = g.numel() - int(torch.isfinite(g).sum())
-        self._pending = {"norms": norms, "nonfinite": nonfinite,
+        # parameters at or near zero whose own gradient is not: gates that will open (_gated)
+        gates = [n for n, p in self._params.items()
+                 if "bias" not in n.rpartition(".")[2] and p.grad is not None and p.numel()
+                 and float(p.detach().abs().max()) <= _checkup.GATE_SCALE
+                 and bool(p.grad.ne(0).any())]
+        self._pending = {"norms": norms, "nonfinite": nonfinite, "gates": gates,
+                         "lr": max(float(g.get("lr", 1.0)) for g in optimizer.param_groups),
                          "weights": {n: p.detach().clone() for n, p in self._weights.items()}}
 
     def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -129,9 +156,11 @@ class Monitor:
 
     # ---- judging -------------------------------------------------------------------------------
     def _record(self, pending: dict[str, Any]) -> None:
-        rms = {n: math.sqrt(s / c) for n, (s, c) in self._input_ms.items() if c}
+        rms = {n: math.sqrt(s / c) for n, (s, c) in self._input_ms.items()
+               if c and n not in self._raw}
         names = _checkup._forward_order(list(self._weights), self._order)
-        self._input_ms, self._order = {}, []
+        order = self._order
+        self._input_ms, self._order, self._raw, self._input_ids = {}, [], set(), set()
         norms, before = pending["norms"], pending["weights"]
         last = next((norms[n] for n in reversed(names) if norms[n] is not None), None)
         rows: list[dict[str, Any]] = []
@@ -148,12 +177,17 @@ class Monitor:
                 "nonfinite": pending["nonfinite"][n],
                 "subnormal": None,  # judged by the checkup on a dedicated pass, not here
             })
-        zero_init = [r["name"] for r in rows if not bool(before[r["name"]].ne(0).any())]
-        verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has,
-                                   zero_init)
+        lo = self.thresholds["vanishing_ratio"]
+        weak = [r["name"] for r in rows if r["grad_norm"] == 0
+                or (r["grad_ratio"] is not None and r["grad_ratio"] < lo)]
+        gated = _checkup._gated(weak, pending["gates"], order)
+        verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has, gated)
         verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite")}
         ups = [r["update_ratio"] for r in rows if r["update_ratio"] is not None]
-        if ups and all(math.isfinite(u) for u in ups):
+        if pending["lr"] == 0:  # a warm-up's first step: nothing moves, by design
+            verdicts["stalled"] = _checkup.Verdict(
+                "stalled", None, "learning rate 0 at this step", "04_loss_wall")
+        elif ups and all(math.isfinite(u) for u in ups):
             top = max(ups)
             verdicts["stalled"] = _checkup.Verdict(
                 "stalled", top < self.stall_ratio,
@@ -234,10 +268,14 @@ class MonitorCallback:
     MonitorCallback(every=50)])``.
 
     It follows the ``TrainerCallback`` protocol (the ``Trainer`` calls each event method with
-    ``model`` and ``optimizer`` keywords): the monitor attaches when training begins, adds its
-    :meth:`Monitor.scalars` to every log, and detaches when training ends. ``.monitor`` holds the
-    record afterwards. The methods the ``Trainer`` may call and this class does not need do
-    nothing.
+    ``model`` and ``optimizer`` keywords): the monitor attaches when training begins and detaches
+    when training ends; ``.monitor`` holds the record afterwards. At each log it adds its
+    :meth:`Monitor.scalars` to the log's entry in ``trainer.state.log_history`` and to the log
+    that the callbacks after it receive. The ``Trainer`` calls its reporting integrations
+    (``report_to``: W&B, TensorBoard) *before* the callbacks passed to it, so for those to
+    receive the scalars, list the integration after this callback:
+    ``Trainer(..., report_to="none", callbacks=[MonitorCallback(), WandbCallback()])``. The
+    events this class does not need do nothing.
     """
 
     def __init__(self, every: int = 50, **monitor_args: Any):
@@ -250,12 +288,19 @@ class MonitorCallback:
             raise ValueError(
                 "MonitorCallback needs the Trainer's model and optimizer at train begin"
             )
+        if self.monitor is not None:  # a second run of the same Trainer: start a fresh record
+            self.monitor.remove()
         self.monitor = Monitor(model, optimizer, every=self.every, **self.monitor_args)
 
     def on_log(self, args: Any, state: Any, control: Any, *, logs: dict | None = None,
                **kwargs: Any) -> None:
-        if self.monitor is not None and logs is not None:
-            logs.update(self.monitor.scalars())
+        if self.monitor is None or logs is None:
+            return
+        scalars = self.monitor.scalars()
+        logs.update(scalars)
+        history = getattr(state, "log_history", None)
+        if history:
+            history[-1].update(scalars)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None:

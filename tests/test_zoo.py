@@ -1,0 +1,118 @@
+"""The checkup and the monitor on real architectures: Hugging Face models built from small configs
+(no weights downloaded), at their standard initialization."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers  # a pinned test dependency (requirements.txt)
+from torch import nn
+
+import vanishing as vg
+from vanishing import checkup, monitor
+
+transformers.logging.set_verbosity_error()
+
+
+def _loss(out, y):
+    logits = out.logits
+    if logits.dim() == 3:  # a language model: score the last position
+        logits = logits[:, -1]
+    return nn.functional.cross_entropy(logits, y)
+
+
+def _zoo():
+    g = torch.Generator().manual_seed(0)
+    ids = lambda vocab: torch.randint(0, vocab, (16, 12), generator=g)  # noqa: E731
+    labels = lambda n: torch.randint(0, n, (16,), generator=g)  # noqa: E731
+    pixels = lambda size: torch.randn(16, 3, size, size, generator=g)  # noqa: E731
+    yield "gpt2", lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=100, n_embd=32, n_layer=4, n_head=4, n_positions=32)), \
+        {"input_ids": ids(100)}, labels(100)
+    yield "vit", lambda: transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=64, num_labels=10)), {"pixel_values": pixels(16)}, labels(10)
+    yield "resnet", lambda: transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+        num_labels=10)), {"pixel_values": pixels(32)}, labels(10)
+    yield "convnext", lambda: transformers.ConvNextForImageClassification(
+        transformers.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2,
+                                    num_labels=10)), {"pixel_values": pixels(32)}, labels(10)
+    yield "bert", lambda: transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32, num_labels=3)), \
+        {"input_ids": ids(100), "attention_mask": torch.ones(16, 12, dtype=torch.long)}, labels(3)
+
+
+ZOO = {name: (build, x, y) for name, build, x, y in _zoo()}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_runs_restores_and_reads_healthy_at_standard_init(name):
+    build, x, y = ZOO[name]
+    vg.seed(0)
+    model = build()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    report = checkup.checkup(model, (x, y), _loss, train=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    if name == "bert":
+        # open (issue 19): its last encoder layer's gradients are 6e-3 of the classifier's,
+        # behind the pooler's small weights; the single-worst-matrix rule calls that vanishing,
+        # a trend-across-blocks rule would not. Here: it runs and restores.
+        return
+    assert report.healthy, report.summary()
+
+
+def test_attention_query_key_are_reported_not_judged():
+    build, x, y = ZOO["vit"]
+    vg.seed(0)
+    evidence = checkup.checkup(build(), (x, y), _loss).verdicts["vanishing"].evidence
+    assert "8 attention query/key matrices not judged" in evidence
+
+
+def test_layer_scale_gates_are_recognized():
+    # ConvNeXt starts each block's branch behind a layer scale of 1e-6: its depthwise convolution's
+    # gradient is 1e-8 of the head's, by design
+    build, x, y = ZOO["convnext"]
+    vg.seed(0)
+    evidence = checkup.checkup(build(), (x, y), _loss).verdicts["vanishing"].evidence
+    assert "behind a gate that starts at or near zero" in evidence
+    assert "layer_scale_parameter" in evidence
+
+
+def test_monitor_callback_through_the_trainers_callback_handler():
+    from transformers.trainer_callback import (
+        CallbackHandler,
+        TrainerCallback,
+        TrainerControl,
+        TrainerState,
+    )
+
+    build, x, y = ZOO["gpt2"]
+    vg.seed(0)
+    model = build()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    seen = {}
+
+    class Later(TrainerCallback):  # a callback listed after the monitor (e.g. a reporter)
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.update(logs)
+
+    cb = monitor.MonitorCallback(every=2)
+    handler = CallbackHandler([cb, Later()], model, None, opt, None)
+    state, control = TrainerState(), TrainerControl()
+    handler.on_train_begin(None, state, control)
+    for _ in range(3):
+        opt.zero_grad()
+        _loss(model(**x), y).backward()
+        opt.step()
+    logs = {"loss": 1.0}
+    state.log_history.append({**logs, "step": 3})
+    handler.on_log(None, state, control, logs)
+    handler.on_train_end(None, state, control)
+    assert seen["gradflow/vanishing"] == 0.0 and "gradflow/max_update_ratio" in seen
+    assert state.log_history[-1]["gradflow/stalled"] == 0.0
+    assert cb.monitor is not None and [r["step"] for r in cb.monitor.history] == [0, 2]
