@@ -85,7 +85,7 @@ HEAVIEST: dict[str, tuple[str, float]] = {
     "05_activations": ("LR, BATCH, LEARNS = ", 78.76),
     "06_initialization": ("LEFT_CHANCE = ", 69.42),
     "07_normalization": ("LEARNS = 0.5", 48.58),
-    "08_residual": ("def train_nets", 5.56),
+    "08_residual": ("# Plain networks, shallowest and deepest", 14.31),
     "09_lstm": ("def make_model", 65.87),
     "10_hierarchies": ("def fit_upper", 25.56),
     "11_beyond_gradient": ("(x_train, y_train), (x_test, y_test) = data.digits(device=DEVICE)", 55.67),
