@@ -514,6 +514,8 @@ def test_user_gradient_hooks_do_not_fire(digits_batch):
         p.register_hook(lambda g: seen.append(1))
     checkup.checkup(model, digits_batch, CE)
     assert seen == []
+    CE(model(digits_batch[0]), digits_batch[1]).backward()  # and they are back afterwards
+    assert len(seen) == len(list(model.parameters()))
 
 
 def test_fixes_leave_out_what_the_model_already_has(digits_batch):
