@@ -8,9 +8,9 @@ parameters, and a 6-block transformer encoder of width 256, about 5 million) and
 * one ordinary training step (zero_grad, forward, backward, SGD step);
 * one checkup (forward with activation hooks, backward via autograd.grad, per-layer statistics);
 * for float16 on CUDA (or bfloat16 on CPU), one checkup with its float32 reference pass;
-* the training monitor (:class:`vanishing.monitor.Monitor`, every 50 steps): ``--monitor-steps``
-  steps with and without it on the float32 MLP, alternated three times (best of three each), and
-  the overhead in percent.
+* the training monitor (:class:`vanishing.monitor.Monitor`): steps of the float32 MLP with and
+  without it, alternated three times (best of three each), monitoring every step (the cost of one
+  monitored step) and every 50 steps (``--monitor-steps`` steps), and the overhead in percent.
 
 It prints a table of median times and the checkup/step ratio. A benchmark prints; it is never a timed test.
 """
@@ -151,6 +151,8 @@ def main() -> None:
     for name, model, batch, dtype in cases(device):
         measure(name, model, batch, dtype, device, args.repeats)
     if args.monitor_steps:
+        # every step monitored: the cost of one monitored step, which every=50 spreads over 50
+        measure_monitor(max(args.monitor_steps // 10, 5), 1, device)
         measure_monitor(args.monitor_steps, 50, device)
 
 

@@ -29,6 +29,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 runbook = importlib.import_module("runbook")
 from cell_slice import slice_cells  # noqa: E402
 
+while str(ROOT / "tools") in sys.path:  # tools/kernels.py must not shadow the `kernels` package
+    sys.path.remove(str(ROOT / "tools"))
+
 CHAPTER = ROOT / "chapters" / "12_hardware.ipynb"
 READER = "# GPU runs recorded by bench/runbook.py"  # first line of chapter 12's cell that reads bench/results/
 NO_RESULT = "No GPU result is recorded yet"

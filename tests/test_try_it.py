@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from cell_slice import slice_cells  # noqa: E402  # the slicer, shared with bench/runbook.py
 
+while str(ROOT / "tools") in sys.path:  # tools/kernels.py must not shadow the `kernels` package
+    sys.path.remove(str(ROOT / "tools"))
+
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
 KNOB = re.compile(r"^(?P<indent>\s*)(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*(?P<value>[^#]+?)\s*#\s*try:\s*(?P<alts>.+)$")
 

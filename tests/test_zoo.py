@@ -14,6 +14,14 @@ from vanishing import checkup, monitor
 transformers.logging.set_verbosity_error()
 
 
+def test_the_kernels_package_is_not_shadowed():
+    # transformers imports the `kernels` package when it builds a model; the book's script
+    # tools/kernels.py has the same name, so a test that leaves tools/ on sys.path breaks the zoo
+    import kernels
+
+    assert "tools" not in kernels.__file__, kernels.__file__
+
+
 def _loss(out, y):
     logits = out.logits
     if logits.dim() == 3:  # a language model: score the last position
