@@ -36,7 +36,8 @@ def run_chapter(path: Path) -> tuple[float, float]:
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PEAK))
     env_before = dict(os.environ)
-    os.environ.update(VANISHING_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    os.environ.update(VANISHING_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                      VANISHING_QUIET="1")  # as the book runs it: no progress bars
     os.environ.pop("MPLBACKEND", None)
     try:
         client = NotebookClient(nb, timeout=1800, kernel_name="python3",

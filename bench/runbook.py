@@ -410,7 +410,8 @@ def run_chapter(path: Path, *, scale: str, device: str, limit: float, keep: int 
     row: dict = {"chapter": path.stem, "cell": HEAVIEST[path.stem][0], "chapter_cell": nb.cells[target].metadata[
         "chapter_cell"], "scale": scale, "device": device, "limit_s": round(limit, 1)}
     saved = dict(os.environ)
-    os.environ.update({vg.SCALE_ENV: scale, vg.DEVICE_ENV: device})
+    # no progress bars: the experiment's printed output is recorded
+    os.environ.update({vg.SCALE_ENV: scale, vg.DEVICE_ENV: device, "VANISHING_QUIET": "1"})
     os.environ.pop("MPLBACKEND", None)
     client = NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     start = time.monotonic()

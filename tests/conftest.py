@@ -15,6 +15,7 @@ import os
 import pytest
 
 from vanishing import kernels
+from vanishing.runtime import QUIET_ENV
 
 # An inherited Agg backend makes plt.show() emit nothing, so figures would vanish
 # from the re-executed notebooks; kernels inherit this process's environment.
@@ -22,6 +23,8 @@ os.environ.pop("MPLBACKEND", None)
 # The chapters' kernels run the book's CPU kernel set (importing vanishing pinned it
 # for this process; a set chosen from outside, as by tools/kernels.py, is kept).
 kernels.pin()
+# No progress bars in the chapters' kernels: nothing of them may reach a compared output.
+os.environ[QUIET_ENV] = "1"
 
 
 def pytest_addoption(parser):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import matplotlib
 import numpy as np
@@ -71,6 +72,29 @@ def test_scale(monkeypatch):
     monkeypatch.setenv(vg.SCALE_ENV, "huge")
     with pytest.raises(ValueError, match="VANISHING_SCALE='huge'.*small, full"):
         vg.scale()
+
+
+def test_progress_shows_a_learner_a_bar_and_the_book_nothing(monkeypatch, capsys):
+    from vanishing import runtime
+
+    monkeypatch.setenv(runtime.QUIET_ENV, "1")  # the book's own runs (conftest sets it too)
+    items = range(5)
+    assert runtime.progress(items) is items
+    monkeypatch.delenv(runtime.QUIET_ENV)
+    assert list(runtime.progress(range(5), desc="training")) == [0, 1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert "training" in err and "/5 [" in err  # tqdm's bar on stderr, for a learner ...
+    assert err.rstrip(" \r").endswith("]")  # ... erased when done (leave=False)
+    assert err.endswith("\r") and err.split("\r")[-2].strip() == ""
+    stopped = runtime.progress(range(100), desc="stopped early")
+    for step in stopped:
+        if step == 3:
+            break
+    stopped.close()  # a loop left early (a diverged run) closes its bar
+    assert "stopped early" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # tqdm not installed: the items, unchanged
+    assert runtime.progress(items) is items
+
 
 
 # ---------------------------------------------------------------- models

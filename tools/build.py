@@ -117,8 +117,10 @@ def build(stored: bool = False) -> int:
         shutil.rmtree(CACHE)
     os.environ.pop("MPLBACKEND", None)
     from vanishing import kernels
+    from vanishing.runtime import QUIET_ENV
 
     kernels.pin()  # every kernel the build starts runs the book's CPU kernel set
+    os.environ[QUIET_ENV] = "1"  # and shows no progress bars: the site renders the outputs
     if pre_execute():
         return 1
     env = dict(os.environ)

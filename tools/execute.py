@@ -20,6 +20,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from vanishing import kernels
+from vanishing.runtime import QUIET_ENV
 
 
 def merge_streams(outputs: list) -> list:
@@ -37,6 +38,7 @@ def execute(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     os.environ.pop("MPLBACKEND", None)
     kernels.pin()  # the kernel inherits the book's CPU kernel set
+    os.environ[QUIET_ENV] = "1"  # and no progress bars: they must not enter the stored outputs
     client = NotebookClient(
         nb, timeout=900, kernel_name="python3", record_timing=False,
         resources={"metadata": {"path": str(path.parent.resolve())}},

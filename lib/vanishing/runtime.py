@@ -6,20 +6,29 @@ environment so that one notebook serves a laptop, Binder and a GPU:
 * :func:`seed` - seed Python, NumPy and torch, one CPU thread, deterministic kernels;
 * :func:`device` - CUDA, then Apple MPS, then the CPU (``VANISHING_DEVICE`` forces one);
 * :func:`scale` - ``"small"`` (laptop, Binder, CI) or ``"full"`` (``VANISHING_SCALE``).
+
+The library's training loops also show a learner :func:`progress` through long
+cells, and only a learner: the book's own runs set ``VANISHING_QUIET=1``.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 import warnings
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from . import kernels
 
-__all__ = ["seed", "device", "scale", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV"]
+__all__ = [
+    "seed", "device", "scale", "progress", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV",
+    "QUIET_ENV",
+]
 
 #: Environment variable that forces a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 DEVICE_ENV = "VANISHING_DEVICE"
@@ -27,6 +36,9 @@ DEVICE_ENV = "VANISHING_DEVICE"
 SCALE_ENV = "VANISHING_SCALE"
 #: Environment variable that sets torch's CPU thread count (default 1, for identical outputs).
 THREADS_ENV = "VANISHING_THREADS"
+#: Environment variable that silences progress bars; the book's own runs (build, tests, tools/
+#: execute.py, benchmarks) set it to 1, so that no bar ever enters a stored output.
+QUIET_ENV = "VANISHING_QUIET"
 #: The experiment sizes a chapter knows.
 SCALES = ("small", "full")
 
@@ -115,3 +127,34 @@ def scale() -> str:
     if value not in SCALES:
         raise ValueError(f"{SCALE_ENV}={value!r} is not a scale; allowed: {', '.join(SCALES)}")
     return value
+
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str | None = None
+             ) -> Iterable[T]:
+    """``items``, with a text progress bar on stderr while they are consumed, for a learner
+    waiting on a long cell.
+
+    The bar (``tqdm``) updates at most once a second and erases itself when done
+    (``leave=False``), so a notebook keeps no trace of it. Nothing is shown, and ``items``
+    comes back as it is, when ``VANISHING_QUIET=1`` (the book's own runs) or when ``tqdm`` is
+    not installed.
+    """
+    if os.environ.get(QUIET_ENV, "") == "1":
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return _bar(tqdm(items, total=total, desc=desc, leave=False, mininterval=1.0,
+                     file=sys.stderr, dynamic_ncols=True))
+
+
+def _bar(bar: Iterable[T]) -> Iterator[T]:
+    # a generator, so that a loop left early (a diverged run) still closes and erases the bar
+    try:
+        yield from bar
+    finally:
+        bar.close()  # type: ignore[attr-defined]

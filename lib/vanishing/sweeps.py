@@ -31,6 +31,7 @@ from torch import nn
 
 from . import models
 from . import train as train_mod
+from .runtime import progress
 
 __all__ = [
     "LOSSES",
@@ -388,7 +389,7 @@ def train_batched(
     norms: list[torch.Tensor] = []
     diverged_at: list[int | None] = [None] * k
 
-    for step in range(1, steps + 1):
+    for step in progress(range(1, steps + 1), desc=f"training {k} networks"):
         if gens is None or batch_size is None:
             x, y = train_mod.draw_batch(x_all, y_all, batch_size, shared)
         else:

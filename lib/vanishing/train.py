@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .probes import weight_names
+from .runtime import progress
 
 __all__ = ["OPTIMIZERS", "LOSSES", "train", "accuracy", "check_schedule", "draw_batch"]
 
@@ -154,7 +155,7 @@ def train(
             history["grad_norms"].append(batch_norms)
 
     model.train()
-    for step in range(1, steps + 1):
+    for step in progress(range(1, steps + 1), desc="training"):
         x, y = draw_batch(inputs, targets, batch_size, generator)
         opt.zero_grad(set_to_none=True)
         value = loss_fn(model(x), y)
