@@ -81,6 +81,9 @@ def test_progress_shows_a_learner_a_bar_and_the_book_nothing(monkeypatch, capsys
     items = range(5)
     assert runtime.progress(items) is items
     monkeypatch.delenv(runtime.QUIET_ENV)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert runtime.progress(items) is items  # run by a program (nbclient, pytest): nothing shown
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/learner/05_activations.ipynb")  # JupyterLab's kernel
     assert list(runtime.progress(range(5), desc="training")) == [0, 1, 2, 3, 4]
     err = capsys.readouterr().err
     assert "training" in err and "/5 [" in err  # tqdm's bar on stderr, for a learner ...
@@ -92,6 +95,9 @@ def test_progress_shows_a_learner_a_bar_and_the_book_nothing(monkeypatch, capsys
             break
     stopped.close()  # a loop left early (a diverged run) closes its bar
     assert "stopped early" in capsys.readouterr().err
+    monkeypatch.setenv(runtime.QUIET_ENV, "0")  # forced on, outside Jupyter too
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    assert runtime.progress(items) is not items
     monkeypatch.setitem(sys.modules, "tqdm", None)  # tqdm not installed: the items, unchanged
     assert runtime.progress(items) is items
 

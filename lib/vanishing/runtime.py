@@ -8,7 +8,8 @@ environment so that one notebook serves a laptop, Binder and a GPU:
 * :func:`scale` - ``"small"`` (laptop, Binder, CI) or ``"full"`` (``VANISHING_SCALE``).
 
 The library's training loops also show a learner :func:`progress` through long
-cells, and only a learner: the book's own runs set ``VANISHING_QUIET=1``.
+cells, and only a learner: in a notebook opened in Jupyter's interface, or at a
+terminal; never in the book's own runs, whose outputs are stored and compared.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ DEVICE_ENV = "VANISHING_DEVICE"
 SCALE_ENV = "VANISHING_SCALE"
 #: Environment variable that sets torch's CPU thread count (default 1, for identical outputs).
 THREADS_ENV = "VANISHING_THREADS"
-#: Environment variable that silences progress bars; the book's own runs (build, tests, tools/
-#: execute.py, benchmarks) set it to 1, so that no bar ever enters a stored output.
+#: Environment variable for progress bars: ``1`` silences them (the book's own runs set it, so that
+#: no bar ever enters a stored output), ``0`` forces them on.
 QUIET_ENV = "VANISHING_QUIET"
 #: The experiment sizes a chapter knows.
 SCALES = ("small", "full")
@@ -138,11 +139,15 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str | None =
     waiting on a long cell.
 
     The bar (``tqdm``) updates at most once a second and erases itself when done
-    (``leave=False``), so a notebook keeps no trace of it. Nothing is shown, and ``items``
-    comes back as it is, when ``VANISHING_QUIET=1`` (the book's own runs) or when ``tqdm`` is
-    not installed.
+    (``leave=False``), so a notebook keeps no trace of it. It is shown where a person watches:
+    in a kernel that Jupyter's interface started for a notebook (JupyterLab, Notebook, Binder:
+    the server sets ``JPY_SESSION_NAME``) or when stderr is a terminal. A notebook executed by a
+    program (nbclient: the build, nbval, ``tools/execute.py``) shows nothing. ``VANISHING_QUIET``
+    overrides: ``1`` never, ``0`` always. Without ``tqdm``, ``items`` comes back as it is.
     """
-    if os.environ.get(QUIET_ENV, "") == "1":
+    flag = os.environ.get(QUIET_ENV, "")
+    watched = bool(os.environ.get("JPY_SESSION_NAME")) or sys.stderr.isatty()
+    if flag == "1" or (flag != "0" and not watched):
         return items
     try:
         from tqdm import tqdm
