@@ -120,10 +120,12 @@ _FIXES: dict[str, list[tuple[str, str]]] = {
         ("shorten the lag the gradient must cross, or give it a direct path (attention)",
          "02_recurrent_model"),
     ],
+    # the initialization first: it sets each layer's factor, and the cheapest change; a residual
+    # connection added to a network whose blocks are badly scaled can make it explode (13_checkup)
     "vanishing": [
-        ("add residual connections around the blocks", "08_residual"),
         ("initialize for the activation (He for rectifiers, Xavier for tanh)", "06_initialization"),
         _NORMALIZE,
+        ("add residual connections around the blocks", "08_residual"),
     ],
     "exploding": [
         ("clip the gradient norm", "04_loss_wall"),
