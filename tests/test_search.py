@@ -178,5 +178,23 @@ def test_antithetic_es_errors(kwargs, word):
     kwargs = {"max_evals": 100, **kwargs}
     with pytest.raises(ValueError, match=word):
         search.antithetic_es(tiny(), lambda: 0.0, **kwargs)
+
+
+def test_cross_entropy_fitness_needs_equal_lengths():
     with pytest.raises(ValueError, match="equal length"):
         search.cross_entropy_fitness(tiny(), torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
+
+
+def test_antithetic_es_does_not_move_on_ties():
+    """A constant fitness ties every value, and a fitness even around the start ties each mirrored pair:
+    neither carries a direction, so the centre must stay where it started (evaluation-order ranks of
+    ties would move it along the sum of the '+' perturbations)."""
+    model = tiny()
+    start = search.flat_parameters(model).clone()
+    res = search.antithetic_es(model, lambda: 0.0, max_evals=100, pairs=5, seed=0,
+                               track=lambda: float((search.flat_parameters(model) - start).abs().max()))
+    assert len(res.trace) > 5 and all(v == 0.0 for _, v in res.trace)
+    search.set_flat_parameters(model, torch.zeros(6))
+    res = search.antithetic_es(model, lambda: -float((search.flat_parameters(model) ** 2).sum()), max_evals=100,
+                               pairs=5, seed=0, track=lambda: float(search.flat_parameters(model).abs().max()))
+    assert len(res.trace) > 5 and all(v == 0.0 for _, v in res.trace)

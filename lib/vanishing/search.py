@@ -262,6 +262,18 @@ def evolution_strategy(
     )
 
 
+def _centred_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``values`` scaled to [-0.5, 0.5], tied values sharing the mean of their ranks.
+
+    Averaging over ties (instead of ranking them in evaluation order) keeps a
+    group of equal fitness values from pushing the search along the sum of
+    their perturbations: a constant fitness gives all zeros, hence no step.
+    """
+    below = (values[None, :] < values[:, None]).sum(dim=1)
+    equal = (values[None, :] == values[:, None]).sum(dim=1)
+    return (below + (equal - 1) / 2) / (len(values) - 1) - 0.5
+
+
 def antithetic_es(
     model: nn.Module,
     fitness: Callable[[], float],
@@ -281,7 +293,8 @@ def antithetic_es(
     or mirrored, sampling: the two halves of a pair cancel the part of the
     fitness that is even in ``eps``, which lowers the variance). The
     ``2*pairs`` fitness values are replaced by their centred ranks (from -0.5 to
-    0.5), which makes the step independent of the fitness's scale, and
+    0.5; tied values share the average of their ranks, so a tie adds no
+    direction), which makes the step independent of the fitness's scale, and
     ``theta`` moves by ``lr`` times the estimate
     ``sum_i (r_i+ - r_i-) eps_i / (2 * pairs * sigma)`` of the gradient of the
     fitness smoothed by the noise. Then the new centre is evaluated (one more
@@ -290,7 +303,8 @@ def antithetic_es(
     centre reaches ``target``. ``best`` is the best centre, ``history`` the best
     centre fitness so far after each evaluation (the initial centre's before the
     first centre evaluation). ``track``, if given, is read at each centre and
-    lands in ``trace``. The model is left holding the best centre.
+    lands in ``trace``; it is a measurement, and its cost is not counted in
+    ``evaluations``. The model is left holding the best centre.
     """
     _check_model(model)
     _check_common(max_evals, target)
@@ -309,7 +323,6 @@ def antithetic_es(
     best, best_fit = theta, float(fitness())
     history = [best_fit]
     trace: list[tuple[int, float]] = [] if track is None else [(1, float(track()))]
-    ranks = torch.arange(2 * pairs, dtype=theta.dtype) / (2 * pairs - 1) - 0.5
 
     def reached() -> bool:
         return target is not None and best_fit >= target
@@ -322,9 +335,7 @@ def antithetic_es(
                 set_flat_parameters(model, theta + sign * sigma * e)
                 values.append(float(fitness()))
         history += [best_fit] * (2 * pairs)
-        shaped = torch.empty(2 * pairs, dtype=theta.dtype)
-        # Stable sort: tied values are ranked in evaluation order, which keeps runs reproducible.
-        shaped[torch.tensor(values).argsort(stable=True)] = ranks
+        shaped = _centred_ranks(torch.tensor(values, dtype=torch.float64)).to(theta.dtype)
         theta = theta + lr * ((shaped[:pairs] - shaped[pairs:]) @ eps) / (2 * pairs * sigma)
         set_flat_parameters(model, theta)
         fit = float(fitness())
