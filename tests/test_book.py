@@ -184,7 +184,23 @@ def _prose_pages() -> list[tuple[str, str]]:
     return pages
 
 
-@pytest.mark.parametrize("name, text", _prose_pages(), ids=[n for n, _ in _prose_pages()])
+def _printed_pages() -> list[tuple[str, str]]:
+    """What a reader sees besides the prose: each notebook's stored text outputs, figure captions and alt texts."""
+    pages = []
+    for p in NOTEBOOKS:
+        parts = []
+        for cell in _code_cells(p):
+            meta = cell.get("metadata", {})
+            parts += [meta.get("mystnb", {}).get("figure", {}).get("caption", ""), meta.get("image", {}).get("alt", "")]
+            for out in cell.get("outputs", []):
+                parts.append("".join(out.get("text", "")))
+                parts += ["".join(out.get("data", {}).get(kind, "")) for kind in ("text/plain", "text/markdown", "text/latex")]
+        pages.append((f"{p.name} (outputs)", "\n".join(filter(None, parts))))
+    return pages
+
+
+@pytest.mark.parametrize("name, text", _prose_pages() + _printed_pages(),
+                         ids=[n for n, _ in _prose_pages() + _printed_pages()])
 def test_prose_has_no_control_characters_or_placeholders(name, text):
     bad = [f"{m.group()!r} in ...{text[max(0, m.start() - 30):m.end() + 30]!r}..." for m in CONTROL.finditer(text)]
     bad += [f"placeholder {m.group()!r} in ...{text[max(0, m.start() - 40):m.end() + 40]!r}..." for m in PLACEHOLDER.finditer(text)]
@@ -194,3 +210,16 @@ def test_prose_has_no_control_characters_or_placeholders(name, text):
 def test_the_prose_check_finds_what_it_is_for():
     assert CONTROL.search("(\text{gated update})") and PLACEHOLDER.search("only NUMBER_CONST of 64 pixels")
     assert not CONTROL.search("two lines\nof prose") and not PLACEHOLDER.search("ReLU_6, MAX_NORM and a todo list")
+
+
+def test_placeholder_in_an_output_or_caption_is_found(tmp_path, monkeypatch):
+    """An unfilled placeholder printed by a cell or left in a figure's caption reaches the checked pages."""
+    nb = {"cells": [{"cell_type": "code", "source": "print(1)", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": ["lowest NUMBER_CONST at step 3\n"]},
+        {"output_type": "execute_result", "data": {"text/plain": "'TODO'"}}],
+        "metadata": {"mystnb": {"figure": {"caption": "Loss of XXX seeds."}}}}]}
+    (tmp_path / "99_fake.ipynb").write_text(json.dumps(nb))
+    monkeypatch.setattr(sys.modules[__name__], "NOTEBOOKS", [tmp_path / "99_fake.ipynb"])
+    [(name, text)] = _printed_pages()
+    assert name == "99_fake.ipynb (outputs)"
+    assert [m.group() for m in PLACEHOLDER.finditer(text)] == ["XXX", "NUMBER_CONST", "TODO"]

@@ -11,7 +11,10 @@ guessing with gradient methods the same way).
 * :func:`random_search` - draw every weight uniformly at random, keep the best guess;
 * :func:`evolution_strategy` - a (mu, lambda) strategy with elitism: mutate the
   best vectors with Gaussian noise, keep the best children;
+* :func:`antithetic_es` - the evolution strategy of Salimans et al. (2017): estimate the
+  gradient of the noise-smoothed fitness from mirrored pairs of perturbations and step along it;
 * :func:`accuracy_fitness` - the usual fitness: classification accuracy on a fixed set;
+* :func:`cross_entropy_fitness` - a smooth fitness: minus the cross-entropy on a fixed set;
 * :func:`gradient_descent` - the baseline, full-batch gradient training that stops
   when solved and reports its cost in the same currency.
 """
@@ -30,6 +33,8 @@ __all__ = [
     "flat_parameters",
     "set_flat_parameters",
     "accuracy_fitness",
+    "cross_entropy_fitness",
+    "antithetic_es",
     "random_search",
     "evolution_strategy",
     "gradient_descent",
@@ -49,6 +54,8 @@ class SearchResult:
     ``evaluations`` how many times the fitness function was called,
     ``solved`` whether ``best_fitness`` reached the target, and ``history``
     the best fitness so far after each evaluation (length ``evaluations``).
+    ``trace`` holds ``(evaluations spent, value)`` pairs of a quantity a search
+    was asked to track (:func:`antithetic_es`'s ``track``), empty otherwise.
     """
 
     best: torch.Tensor
@@ -56,6 +63,7 @@ class SearchResult:
     evaluations: int
     solved: bool
     history: list[float] = field(default_factory=list)
+    trace: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _check_model(model: object) -> None:
@@ -114,6 +122,31 @@ def accuracy_fitness(
     def fitness() -> float:
         with torch.no_grad():
             return float((model(inputs).argmax(dim=-1) == targets).float().mean())
+
+    return fitness
+
+
+def cross_entropy_fitness(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> Callable[[], float]:
+    """A smooth fitness: minus the mean cross-entropy of the model's outputs on ``inputs``.
+
+    Accuracy changes only when some example's arg-max flips, so most small
+    perturbations of the weights leave it unchanged; the cross-entropy moves with
+    every weight, which gives a search that compares nearby vectors something to
+    compare. Higher is better, as for every fitness here. Evaluation runs without
+    autograd and reads the model's current parameters.
+    """
+    _check_model(model)
+    if len(inputs) != len(targets) or len(inputs) == 0:
+        raise ValueError(
+            "inputs and targets must be non-empty and of equal length, "
+            f"got {len(inputs)} and {len(targets)}"
+        )
+
+    def fitness() -> float:
+        with torch.no_grad():
+            return -float(nn.functional.cross_entropy(model(inputs), targets))
 
     return fitness
 
@@ -227,6 +260,92 @@ def evolution_strategy(
     return SearchResult(
         pool[0][1], pool[0][0], evals, target is not None and best_fit >= target, history
     )
+
+
+def _centred_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``values`` scaled to [-0.5, 0.5], tied values sharing the mean of their ranks.
+
+    Averaging over ties (instead of ranking them in evaluation order) keeps a
+    group of equal fitness values from pushing the search along the sum of
+    their perturbations: a constant fitness gives all zeros, hence no step.
+    """
+    below = (values[None, :] < values[:, None]).sum(dim=1)
+    equal = (values[None, :] == values[:, None]).sum(dim=1)
+    return (below + (equal - 1) / 2) / (len(values) - 1) - 0.5
+
+
+def antithetic_es(
+    model: nn.Module,
+    fitness: Callable[[], float],
+    *,
+    max_evals: int,
+    pairs: int = 25,
+    sigma: float = 0.05,
+    lr: float = 0.1,
+    target: float | None = None,
+    seed: int = 0,
+    track: Callable[[], float] | None = None,
+) -> SearchResult:
+    """The evolution strategy of Salimans et al. (2017), started from the model's current weights.
+
+    Each generation draws ``pairs`` Gaussian directions ``eps`` and evaluates
+    the fitness at ``theta + sigma*eps`` and at ``theta - sigma*eps`` (antithetic,
+    or mirrored, sampling: the two halves of a pair cancel the part of the
+    fitness that is even in ``eps``, which lowers the variance). The
+    ``2*pairs`` fitness values are replaced by their centred ranks (from -0.5 to
+    0.5; tied values share the average of their ranks, so a tie adds no
+    direction), which makes the step independent of the fitness's scale, and
+    ``theta`` moves by ``lr`` times the estimate
+    ``sum_i (r_i+ - r_i-) eps_i / (2 * pairs * sigma)`` of the gradient of the
+    fitness smoothed by the noise. Then the new centre is evaluated (one more
+    evaluation, counted), so a generation costs ``2*pairs + 1`` evaluations; the
+    search stops when the next generation would exceed ``max_evals`` or the
+    centre reaches ``target``. ``best`` is the best centre, ``history`` the best
+    centre fitness so far after each evaluation (the initial centre's before the
+    first centre evaluation). ``track``, if given, is read at each centre and
+    lands in ``trace``; it is a measurement, and its cost is not counted in
+    ``evaluations``. The model is left holding the best centre.
+    """
+    _check_model(model)
+    _check_common(max_evals, target)
+    _positive_int("pairs", pairs)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if max_evals < 2 * pairs + 2:
+        raise ValueError(
+            f"max_evals must allow the start and one generation, at least 2*pairs+2 = "
+            f"{2 * pairs + 2}, got {max_evals!r}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    theta = flat_parameters(model)
+    best, best_fit = theta, float(fitness())
+    history = [best_fit]
+    trace: list[tuple[int, float]] = [] if track is None else [(1, float(track()))]
+
+    def reached() -> bool:
+        return target is not None and best_fit >= target
+
+    while len(history) + 2 * pairs + 1 <= max_evals and not reached():
+        eps = torch.randn(pairs, theta.numel(), generator=gen, dtype=theta.dtype)
+        values = []
+        for sign in (1.0, -1.0):
+            for e in eps:
+                set_flat_parameters(model, theta + sign * sigma * e)
+                values.append(float(fitness()))
+        history += [best_fit] * (2 * pairs)
+        shaped = _centred_ranks(torch.tensor(values, dtype=torch.float64)).to(theta.dtype)
+        theta = theta + lr * ((shaped[:pairs] - shaped[pairs:]) @ eps) / (2 * pairs * sigma)
+        set_flat_parameters(model, theta)
+        fit = float(fitness())
+        if fit > best_fit:
+            best, best_fit = theta, fit
+        history.append(best_fit)
+        if track is not None:
+            trace.append((len(history), float(track())))
+    set_flat_parameters(model, best)
+    return SearchResult(best, best_fit, len(history), reached(), history, trace)
 
 
 def gradient_descent(
