@@ -623,3 +623,35 @@ def test_raw_input_scale_does_not_decide_the_forward_verdict(image_batch):
     y = torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(1))
     evidence = checkup.checkup(rnn, (x, y), CE).verdicts["vanishing"].evidence
     assert "forward signal" not in evidence  # the core sees the raw input; only the head remains
+
+
+class _TokenRNN(nn.Module):
+    """Token ids -> embedding -> a time-major RNN (batch_first=False) -> read-out of the last step.
+    The model's input is integers, and the core sees (time, batch, features)."""
+
+    def __init__(self, cell: str = "rnn"):
+        super().__init__()
+        self.embed = nn.Embedding(4, 8)
+        self.core = (nn.RNN if cell == "rnn" else nn.LSTM)(8, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, tokens):
+        states, _ = self.core(self.embed(tokens).transpose(0, 1))
+        return self.head(states[-1])
+
+
+def test_time_profile_is_taken_at_the_cores_own_input():
+    # review of v1: an nn.Embedding -> LSTM got no time profile (only float inputs were profiled),
+    # and a wrapper that transposes (batch, time) would have profiled the batch axis
+    x, y = data.first_input_recall(64, 30, seed=0)
+    tokens = x.argmax(dim=-1)  # (batch 64, time 31) integers
+    vg.seed(0)
+    report = checkup.checkup(_TokenRNN(), (tokens, y), CE)
+    assert report.time_profile is not None and len(report.time_profile) == 31
+    assert report.verdicts["vanishing"].found and report.verdicts["vanishing"].chapter == "09_lstm"
+    # on float inputs fed straight to the core, the same profile as an explicit input gradient
+    vg.seed(0)
+    model = recurrent.rnn(cell="rnn", input_size=4, hidden_size=32, output_size=4)
+    auto = checkup.checkup(model, (x, y), CE).time_profile
+    explicit = checkup.checkup(model, (x, y), CE, time_dim=1).time_profile
+    assert auto == pytest.approx(explicit, rel=1e-6)

@@ -563,21 +563,22 @@ class _Recorder:
         })
 
 
-def _time_dim(model: nn.Module, inputs: Any, time_dim: int | str | None) -> int | None:
+#: ``time_dim`` resolved for a model with a recurrent core: the profile is taken at the core's
+#: own input, along the core's time dimension.
+_CORE = "core"
+
+
+def _time_dim(model: nn.Module, inputs: Any, time_dim: int | str | None) -> int | str | None:
     if time_dim is None:
         return None
+    if time_dim == "auto":
+        # at the recurrent core's own input: after an embedding, a transpose or any preprocessing
+        return _CORE if any(isinstance(m, nn.RNNBase) for m in model.modules()) else None
     x = inputs
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        if time_dim == "auto":
-            return None
         raise ValueError(
             "time_dim needs the inputs to be one floating-point tensor (a batch of sequences)"
         )
-    if time_dim == "auto":
-        cores = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
-        if not cores or x.dim() != 3:
-            return None
-        return 1 if cores[0].batch_first else 0
     if isinstance(time_dim, bool) or not isinstance(time_dim, int) or not 0 <= time_dim < x.dim():
         raise ValueError(f"time_dim must be 'auto', None or a dimension of the inputs "
                          f"(0..{x.dim() - 1}), got {time_dim!r}")
@@ -601,7 +602,8 @@ class _Pass(NamedTuple):
     loss: torch.Tensor
     grads: dict[str, torch.Tensor | None]  # parameter name -> raw (scaled) gradient
     acts: list[dict[str, Any]]  # activation and recurrent-core records
-    xgrad: torch.Tensor | None  # gradient with respect to a sequence input
+    xgrad: torch.Tensor | None  # gradient with respect to a sequence input (or the core's input)
+    tdim: Any  # its time dimension
     order: list[str]  # modules with parameters, in the order they first ran
     input_rms: dict[str, float]  # module name -> RMS of its forward input
     raw: set[str]  # modules that see the model's own input
@@ -628,7 +630,22 @@ def _forward_backward(
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     recorder = _Recorder(model, recorder_threshold) if record else None
     leaf = None
-    if time_dim is not None:
+    probe = {}  # the core's input probe and its time dimension (time_dim == _CORE)
+    if time_dim == _CORE:
+        core = next(m for m in model.modules() if isinstance(m, nn.RNNBase))
+
+        def add_probe(module: nn.Module, args: tuple) -> tuple | None:
+            # x + 0, where the 0 is a leaf: d loss / d probe is d loss / d x at every time step,
+            # and the graph back to an embedding stays intact
+            x = args[0] if args else None
+            if "leaf" in probe or not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                return None  # a packed sequence, or a later call: left unprofiled
+            probe["leaf"] = torch.zeros_like(x, requires_grad=True)
+            probe["dim"] = (1 if module.batch_first else 0) if x.dim() == 3 else 0
+            return (x + probe["leaf"], *args[1:])
+
+        probe["handle"] = core.register_forward_pre_hook(add_probe)
+    elif time_dim is not None:
         leaf = inputs.detach().clone().requires_grad_(True)
         inputs = leaf
     if recorder is not None:
@@ -652,6 +669,7 @@ def _forward_backward(
                 err.add_note("(raised by loss_fn(model output, targets) in the checkup)")
                 raise
             loss = probes.check_loss(loss)
+            leaf = probe.get("leaf", leaf)
             wanted = [p for _, p in params] + ([leaf] if leaf is not None else [])
             grads = torch.autograd.grad(
                 loss * scale if scale != 1.0 else loss, wanted, allow_unused=True
@@ -659,12 +677,15 @@ def _forward_backward(
     finally:
         if recorder is not None:
             recorder.remove()
+        if "handle" in probe:
+            probe["handle"].remove()
     # grads may end with the input's
     named = {n: g for (n, _), g in zip(params, grads, strict=False)}
     rms = {n: math.sqrt(s / c) for n, (s, c) in recorder.input_ms.items()} if recorder else {}
     return _Pass(
         loss.detach(), named, (recorder.records if recorder else []),
-        (grads[-1] if leaf is not None else None), (recorder.order if recorder else []), rms,
+        (grads[-1] if leaf is not None else None), probe.get("dim", time_dim),
+        (recorder.order if recorder else []), rms,
         (recorder.raw if recorder else set()), _classes(output, targets),
     )
 
@@ -805,9 +826,10 @@ def checkup(
     ``lr * grad``). ``steps > 0`` also runs that many SGD steps on a copy of the
     model and records the losses. ``train`` temporarily sets train/eval mode
     (``None`` keeps the model's). ``time_dim`` is the time dimension of a
-    sequence input whose per-step gradient to profile (``"auto"``: dimension 1
-    or 0 of a 3-D input when the model contains a recurrent core, following its
-    ``batch_first``). For a float16/bfloat16 model, ``reference=True`` repeats
+    sequence input whose per-step gradient to profile (``"auto"``: when the
+    model contains a recurrent core, the gradient at the core's own input,
+    along the core's time dimension, so that it works after an embedding or a
+    transpose). For a float16/bfloat16 model, ``reference=True`` repeats
     the pass on a float32 copy to count the gradient entries the low precision
     flushed to zero. ``loss_scale`` multiplies the loss before the backward
     pass, as mixed-precision training does to lift small gradients out of the
@@ -863,10 +885,11 @@ def checkup(
         try:
             # the float32 reference then sees the same dropout
             with torch.random.fork_rng(devices=devices):
-                loss, grads, acts, xgrad, order, input_rms, raw_input, classes = _forward_backward(
+                measured = _forward_backward(
                     model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
                     scale=loss_scale,
                 )
+            loss, grads, acts, xgrad, xdim, order, input_rms, raw_input, classes = measured
             flushed = None
             # a sparse gradient (nn.Embedding(sparse=True)) is judged like the dense one it stands
             # for
@@ -954,7 +977,7 @@ def checkup(
 
     time_profile = None
     if xgrad is not None:
-        time_profile = [probes.safe_norm(step) for step in xgrad.movedim(tdim, 0)]
+        time_profile = [probes.safe_norm(step) for step in xgrad.movedim(xdim, 0)]
 
     weak = [r["name"] for r in layers
             if r["grad_norm"] == 0 or (r["grad_ratio"] is not None
