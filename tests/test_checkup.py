@@ -655,3 +655,49 @@ def test_time_profile_is_taken_at_the_cores_own_input():
     auto = checkup.checkup(model, (x, y), CE).time_profile
     explicit = checkup.checkup(model, (x, y), CE, time_dim=1).time_profile
     assert auto == pytest.approx(explicit, rel=1e-6)
+
+
+def test_a_zero_head_leaves_vanishing_unjudged_not_healthy(digits_batch):
+    # review: a zero head excused the whole network, so patient one (ratio 1e-12) read healthy
+    model = _mlp(activation="sigmoid", init="xavier")
+    nn.init.zeros_(model.head.weight)
+    v = checkup.checkup(model, digits_batch, CE).verdicts["vanishing"]
+    assert v.found is None and "cannot be judged at initialization" in v.evidence
+
+
+class _ScaledBlock(nn.Module):
+    """A block holding its own layer scale (CaiT, ReZero): x + gamma * f(x)."""
+
+    def __init__(self, width: int, gamma: float):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        self.gamma = nn.Parameter(torch.full((width,), gamma))
+
+    def forward(self, x):
+        return x + self.gamma * torch.relu(self.linear(x))
+
+
+def test_a_blocks_own_layer_scale_excuses_only_that_block(digits_batch):
+    # review: a layer scale held by a block excused every block before it
+    vg.seed(0)
+    sick = nn.Sequential(nn.Linear(64, 64), *[nn.Sequential(nn.Linear(64, 64), nn.Sigmoid())
+                                              for _ in range(15)],
+                         _ScaledBlock(64, 1e-6), _ScaledBlock(64, 1e-6), nn.Linear(64, 10))
+    report = checkup.checkup(sick, digits_batch, CE)
+    assert report.verdicts["vanishing"].found, report.summary()
+    assert "behind a gate" in report.verdicts["vanishing"].evidence  # the scaled blocks, excused
+
+
+def test_a_near_zero_head_gets_no_update_ratio(digits_batch):
+    # review: a head at std 2e-5 was a gate for the vanishing rule but "exploding" for the update rule
+    model = _mlp(depth=3, activation="relu", init="he")
+    nn.init.normal_(model.head.weight, 0.0, 2e-5)
+    report = checkup.checkup(model, digits_batch, CE, lr=0.1)
+    assert report.layers[-1]["update_ratio"] is None
+    assert not report.verdicts["exploding"].found, report.summary()
+
+
+def test_patient_two_gets_the_initialization_first(digits_batch):
+    v = checkup.checkup(_mlp(activation="relu"), digits_batch, CE).verdicts["vanishing"]
+    assert v.found and [c for _, c in v.fixes] == [
+        "06_initialization", "07_normalization", "08_residual"]

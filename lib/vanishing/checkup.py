@@ -125,7 +125,8 @@ _FIXES: dict[str, list[tuple[str, str]]] = {
     "vanishing": [
         ("initialize for the activation (He for rectifiers, Xavier for tanh)", "06_initialization"),
         _NORMALIZE,
-        ("add residual connections around the blocks", "08_residual"),
+        ("add residual connections around the blocks, each branch scaled down (1/sqrt(depth), "
+         "or its last layer zero-initialized)", "08_residual"),
     ],
     "exploding": [
         ("clip the gradient norm", "04_loss_wall"),
@@ -745,20 +746,37 @@ GATE_SCALE = 1e-4
 _QUERY_KEY = ("query", "key", "q_proj", "k_proj", "q_lin", "k_lin", "to_q", "to_k", "wq", "wk")
 
 
-def _is_query_key(name: str) -> bool:
-    module = name.rpartition(".")[0]
-    return module.rpartition(".")[2] in _QUERY_KEY
+def _is_query_key(row: dict[str, Any]) -> bool:
+    """An attention query or key projection at a normal scale: its gain, RMS(W) * sqrt(fan-in),
+    at most 3. Much larger weights make the attention saturate instead, and are judged."""
+    module = row["name"].rpartition(".")[0]
+    if module.rpartition(".")[2] not in _QUERY_KEY or len(row["shape"]) != 2:
+        return False
+    rows_, fan_in = row["shape"]
+    gain = row["weight_norm"] / math.sqrt(rows_ * fan_in) * math.sqrt(fan_in)
+    return gain <= 3.0
 
 
-def _gated(weak: list[str], gates: list[str], order: list[str]) -> dict[str, str]:
+def _containers(model: nn.Module) -> set[str]:
+    """Names of the modules that hold submodules with parameters (blocks, stages), as opposed to
+    single layers."""
+    return {n for n, m in model.named_modules()
+            if any(any(True for _ in c.parameters()) for c in m.children())}
+
+
+def _gated(weak: list[str], gates: list[str], order: list[str], containers: set[str]
+           ) -> dict[str, str]:
     """Weight matrices whose tiny or all-zero gradient a gate that starts (nearly) closed explains:
     {matrix: gate}.
 
     A gate is a parameter that starts at zero or below :data:`GATE_SCALE` (LoRA's B, the last
     batch-norm gain of a residual branch, a zero head, a layer scale) and whose own gradient is
-    not zero, so it will open. It scales the backward signal to the layers inside the module that
-    holds it and to those that run before it inside that module's parent. Parameters held by the
-    model itself (a class token, a position embedding) act at the input and gate nothing.
+    not zero, so it will open. A gate held by a block (a layer scale, ReZero's gain) scales the
+    backward signal to the layers inside that block only; a gate that is a layer of its own (a
+    normalization gain, an adapter's B, a head) scales it to the layers that run before it inside
+    the module that holds it (its branch, its adapter; for a head, the whole network). Parameters
+    held by the model itself (a class token, a position embedding) act at the input and gate
+    nothing.
     """
     rank = _module_rank(order)
     out = {}
@@ -769,12 +787,12 @@ def _gated(weak: list[str], gates: list[str], order: list[str]) -> dict[str, str
             if not holder:
                 continue
             parent = holder.rpartition(".")[0]
-            within = module.startswith(holder + ".")
-            before = (
-                (not parent or module.startswith(parent + "."))
-                and module != holder and rank(module) < rank(holder)
-            )
-            if within or before:
+            if holder in containers:
+                gated = module.startswith(holder + ".")
+            else:
+                gated = ((not parent or module.startswith(parent + "."))
+                         and module != holder and rank(module) < rank(holder))
+            if gated:
                 out[w] = g
                 break
     return out
@@ -931,6 +949,7 @@ def checkup(
         n: lr * _spread(grads[n]) / _spread(params[n])
         for n in weights
         if grads[n] is not None and _is_matrix(n, params[n]) and _spread(params[n]) > 0
+        and n not in gates
     }
 
     tiny = low_precision_floor(dtype)
@@ -982,7 +1001,7 @@ def checkup(
     weak = [r["name"] for r in layers
             if r["grad_norm"] == 0 or (r["grad_ratio"] is not None
                                        and r["grad_ratio"] < th["vanishing_ratio"])]
-    gated = _gated(weak, gates, order)
+    gated = _gated(weak, gates, order, _containers(model))
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
                       _has(model), gated)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
@@ -1020,7 +1039,7 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
     # gradient; the gradient reaches them after the gate's first update.
     blocked = [r for r in layers if r["name"] in gated]
     # attention query/key matrices: small gradients at init by design (see _QUERY_KEY)
-    attention = [r for r in layers if _is_query_key(r["name"]) and r not in blocked]
+    attention = [r for r in layers if _is_query_key(r) and r not in blocked]
     measured = [r for r in layers
                 if r["grad_ratio"] is not None and r not in blocked and r not in attention]
     out: dict[str, Verdict] = {}
@@ -1046,6 +1065,13 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
     f_ratio = _ratio(fwd[-1]["input_rms"], top["input_rms"]) if top is not None else None
     if not measured and t_ratio is None and not any(r["grad_norm"] == 0 for r in layers):
         verdict("vanishing", None, "no layer has a finite gradient ratio to the last layer")
+    elif blocked and len(measured) <= 1 and t_ratio is None:
+        # a zero head: nothing behind it gets a gradient yet, so nothing can be judged
+        verdict("vanishing", None,
+                f"{len(blocked)} of {len(layers)} weight matrices get no usable gradient behind "
+                f"{gated[blocked[0]['name']]}, which starts at or near zero: the backward signal "
+                "cannot be judged at initialization; run the checkup after the first steps, or "
+                "watch training with vanishing.monitor")
     else:
         worst = min(measured, key=lambda r: r["grad_ratio"]) if measured else None
         parts, found, in_time, forward = [], False, False, False
@@ -1059,9 +1085,9 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
         if attention:
             low = min(attention, key=lambda r: r["grad_ratio"] if r["grad_ratio"] is not None
                       else math.inf)
-            parts.append(f"{len(attention)} attention query/key matrices not judged (smallest "
-                         f"ratio {_fmt(low['grad_ratio'])} at {low['name']}: nearly uniform "
-                         "attention at initialization)")
+            parts.append(f"{len(attention)} attention query/key matrices at a normal scale not "
+                         f"judged (smallest ratio {_fmt(low['grad_ratio'])} at {low['name']}; "
+                         "nearly uniform attention keeps their gradient small at initialization)")
         if silent:
             parts.append(f"{len(silent)} of {len(layers)} weight matrices get an all-zero gradient "
                          f"(first: {silent[0]['name']})")

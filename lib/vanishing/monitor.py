@@ -84,6 +84,7 @@ class Monitor:
             raise ValueError("the optimizer updates none of the model's weight matrices")
         self._names = {m: n for n, m in model.named_modules()}
         self._has = _checkup._has(model)
+        self._containers = _checkup._containers(model)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.first_seen: dict[str, int] = {}
@@ -170,6 +171,8 @@ class Monitor:
             spread = float(w0.double().std()) if w0.numel() > 1 else 0.0
             rows.append({
                 "name": n,
+                "shape": list(w0.shape),
+                "weight_norm": probes.safe_norm(w0),
                 "grad_norm": norms[n],
                 "grad_ratio": _checkup._ratio(norms[n], last),
                 "update_ratio": float(change.double().std()) / spread if spread > 0 else None,
@@ -180,7 +183,7 @@ class Monitor:
         lo = self.thresholds["vanishing_ratio"]
         weak = [r["name"] for r in rows if r["grad_norm"] == 0
                 or (r["grad_ratio"] is not None and r["grad_ratio"] < lo)]
-        gated = _checkup._gated(weak, pending["gates"], order)
+        gated = _checkup._gated(weak, pending["gates"], order, self._containers)
         verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has, gated)
         verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite")}
         ups = [r["update_ratio"] for r in rows if r["update_ratio"] is not None]
