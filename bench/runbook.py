@@ -422,7 +422,7 @@ def run_chapter(path: Path, *, scale: str, device: str, limit: float, keep: int 
                 left = limit - (time.monotonic() - start)
                 if left < 1:
                     raise CellTimeoutError(f"no time left before cell {index}")
-                client.timeout = math.ceil(left)
+                client.timeout = math.floor(left)  # whole seconds, never past the limit
                 began = time.monotonic()
                 client.execute_cell(cell, index)
                 if index == target:
