@@ -223,3 +223,21 @@ def test_placeholder_in_an_output_or_caption_is_found(tmp_path, monkeypatch):
     [(name, text)] = _printed_pages()
     assert name == "99_fake.ipynb (outputs)"
     assert [m.group() for m in PLACEHOLDER.finditer(text)] == ["XXX", "NUMBER_CONST", "TODO"]
+
+
+def test_references_parse_and_every_cited_key_exists():
+    # a merge once left an entry unclosed: the build failed on it, and no test had noticed
+    from pybtex.database import parse_file
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    keys = set()
+    for bib in config["bibtex_bibfiles"]:
+        keys |= set(parse_file(str(ROOT / bib)).entries)
+    cited = set()
+    pages = [_source(c) for p in NOTEBOOKS for c in json.loads(p.read_text())["cells"]
+             if c["cell_type"] == "markdown"]
+    pages += [p.read_text() for p in (ROOT / "chapters").glob("*.md")]
+    for text in pages:
+        for group in re.findall(r"\{cite(?::[a-z]+)?\}`([^`]+)`", text):
+            cited |= {k.strip() for k in group.split(",")}
+    assert cited and cited <= keys, f"cited but in no bibliography file: {sorted(cited - keys)}"
