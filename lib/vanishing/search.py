@@ -104,6 +104,16 @@ def set_flat_parameters(model: nn.Module, vector: torch.Tensor) -> None:
             start += p.numel()
 
 
+def _check_data(model: object, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """The checks every fitness makes on its model and data."""
+    _check_model(model)
+    if len(inputs) != len(targets) or len(inputs) == 0:
+        raise ValueError(
+            "inputs and targets must be non-empty and of equal length, "
+            f"got {len(inputs)} and {len(targets)}"
+        )
+
+
 def accuracy_fitness(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> Callable[[], float]:
@@ -112,12 +122,7 @@ def accuracy_fitness(
     It reads the model's *current* parameters, so the searches below set a
     candidate vector and then call it. Evaluation runs without autograd.
     """
-    _check_model(model)
-    if len(inputs) != len(targets) or len(inputs) == 0:
-        raise ValueError(
-            "inputs and targets must be non-empty and of equal length, "
-            f"got {len(inputs)} and {len(targets)}"
-        )
+    _check_data(model, inputs, targets)
 
     def fitness() -> float:
         with torch.no_grad():
@@ -137,12 +142,7 @@ def cross_entropy_fitness(
     compare. Higher is better, as for every fitness here. Evaluation runs without
     autograd and reads the model's current parameters.
     """
-    _check_model(model)
-    if len(inputs) != len(targets) or len(inputs) == 0:
-        raise ValueError(
-            "inputs and targets must be non-empty and of equal length, "
-            f"got {len(inputs)} and {len(targets)}"
-        )
+    _check_data(model, inputs, targets)
 
     def fitness() -> float:
         with torch.no_grad():
