@@ -204,3 +204,14 @@ def test_closure_optimizers_are_refused():
     model = _net(depth=2)
     with pytest.raises(ValueError, match="LBFGS"):
         monitor.Monitor(model, torch.optim.LBFGS(model.parameters()))
+
+
+def test_a_near_zero_head_is_a_gate_not_an_explosion(batch):
+    # as in the checkup: a head at std 2e-5 gets no update ratio, so no "exploding" from it
+    model = _net(depth=3)
+    torch.nn.init.normal_(model.head.weight, 0.0, 2e-5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with monitor.Monitor(model, opt, every=1) as mon:
+        _train(model, opt, batch, 1)
+    assert mon.history[0]["layers"][-1]["update_ratio"] is None
+    assert not mon.history[0]["verdicts"]["exploding"]["found"]

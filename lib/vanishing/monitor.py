@@ -175,7 +175,9 @@ class Monitor:
                 "weight_norm": probes.safe_norm(w0),
                 "grad_norm": norms[n],
                 "grad_ratio": _checkup._ratio(norms[n], last),
-                "update_ratio": float(change.double().std()) / spread if spread > 0 else None,
+                # none for a gate (near zero): its size says nothing yet, as in the checkup
+                "update_ratio": float(change.double().std()) / spread
+                if spread > 0 and n not in pending["gates"] else None,
                 "input_rms": rms.get(n.rpartition(".")[0]),
                 "nonfinite": pending["nonfinite"][n],
                 "subnormal": None,  # judged by the checkup on a dedicated pass, not here
