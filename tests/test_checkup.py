@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 import vanishing as vg
-from vanishing import checkup, data, models, probes, recurrent
+from vanishing import checkup, data, models, monitor, probes, recurrent
 
 matplotlib.use("Agg")  # tests draw off-screen; the book's notebooks never set this
 
@@ -701,3 +702,160 @@ def test_patient_two_gets_the_initialization_first(digits_batch):
     v = checkup.checkup(_mlp(activation="relu"), digits_batch, CE).verdicts["vanishing"]
     assert v.found and [c for _, c in v.fixes] == [
         "06_initialization", "07_normalization", "08_residual"]
+
+
+# ---- checkpointing and torch.compile ----------------------------------------------------------
+
+
+class _Checkpointed(nn.Module):
+    """Six tanh blocks under torch.utils.checkpoint, then a head (``reentrant`` picks the form)."""
+
+    def __init__(self, reentrant: bool | None):
+        super().__init__()
+        vg.seed(0)
+        self.reentrant = reentrant
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(64 if i == 0 else 32, 32), nn.Tanh())
+                                    for i in range(6))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = (block(x) if self.reentrant is None else
+                 torch.utils.checkpoint.checkpoint(block, x, use_reentrant=self.reentrant))
+        return self.head(x)
+
+
+def test_non_reentrant_checkpointing_reads_as_the_plain_model(digits_batch):
+    # the recomputation during backward must neither fail (the activation measurement's own
+    # autograd is hidden from the checkpoint) nor be recorded a second time
+    plain = checkup.checkup(_Checkpointed(None), digits_batch, CE)
+    ckpt = checkup.checkup(_Checkpointed(False), digits_batch, CE)
+    assert ckpt.summary() == plain.summary()
+    assert len(ckpt.activations) == len(plain.activations) == 6
+
+
+def test_a_graph_cut_by_reentrant_checkpointing_is_found(digits_batch):
+    # the reentrant form gives no gradient to blocks whose input does not require grad: the first
+    # six weight matrices ran but get none, which a ratio of the gradients that exist cannot show
+    model = _Checkpointed(True)
+    with pytest.warns(UserWarning, match="requires_grad"):
+        v = checkup.checkup(model, digits_batch, CE).verdicts["vanishing"]
+    assert v.found and "does not reach the first 6 of 7" in v.evidence
+    assert v.fixes[0][0].startswith("reconnect the graph") and len(v.fixes) == 1
+    # the monitor reads the same cut from the live .grad
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="requires_grad"), monitor.Monitor(
+            model, opt, every=1) as watch:
+        opt.zero_grad()
+        CE(model(digits_batch[0]), digits_batch[1]).backward()
+        opt.step()
+    assert watch.found == ["vanishing"]
+
+
+def test_a_compiled_model_is_measured_through_the_module_it_wraps(digits_batch):
+    net = _mlp(depth=4, activation="relu", init="he")
+    eager = checkup.checkup(net, digits_batch, CE)
+    compiled = torch.compile(net, backend="eager")  # dynamo traces; no C++ compiler needed
+    report = checkup.checkup(compiled, digits_batch, CE)
+    assert report.summary() == eager.summary()
+    assert [r["name"] for r in report.layers] == [r["name"] for r in eager.layers]
+    # the monitor's forward hooks run eagerly inside the compiled forward
+    opt = torch.optim.SGD(compiled.parameters(), lr=0.1)
+    with monitor.Monitor(compiled, opt, every=1) as watch:
+        opt.zero_grad()
+        CE(compiled(digits_batch[0]), digits_batch[1]).backward()
+        opt.step()
+    rows = watch.history[0]["layers"]
+    assert [r["name"] for r in rows] == [r["name"] for r in eager.layers]
+    assert all(r["input_rms"] is not None for r in rows[1:])
+
+
+# ---- the user's optimizer, and the stalled verdict ------------------------------------------
+
+
+def test_update_ratios_are_the_step_of_a_copy_of_the_users_adam(digits_batch):
+    net = _mlp(depth=6, activation="relu", init="he")
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    fired = []
+    opt.register_step_post_hook(lambda *a: fired.append(1))
+    report = checkup.checkup(net, digits_batch, CE, optimizer=opt, steps=2)
+    # Adam's first step is lr * g / (|g| + eps) (bias corrections cancel), about lr * sign(g):
+    # its size does not follow the gradient's
+    ref = copy.deepcopy(net)
+    CE(ref(digits_batch[0]), digits_batch[1]).backward()
+    for row in report.layers:
+        p = dict(ref.named_parameters())[row["name"]]
+        step = 1e-3 * p.grad.double() / (p.grad.double().abs() + 1e-8)
+        assert row["update_ratio"] == pytest.approx(
+            float(step.std() / p.detach().double().std()), rel=1e-3)
+    assert report.optimizer == "Adam" and report.lr == 1e-3
+    assert "Adam lr 0.001, loss after 2 Adam steps" in str(report)
+    assert report.losses[-1] < report.losses[0]  # the copy trained
+    # the original is not stepped: its state, its hooks and the model are as they were
+    assert opt.state == {} and not fired
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_stalled_plain_sgd_and_adam(digits_batch):
+    # the same gradients: SGD at 1e-7 hardly moves the weights; Adam at 1e-7 does not either;
+    # Adam at 1e-3 takes steps of its own size however small the gradient
+    net = _mlp(depth=6, activation="relu", init="he")
+    sgd = checkup.checkup(net, digits_batch, CE, lr=1e-7).verdicts["stalled"]
+    assert sgd.found and sgd.fixes[0][0].startswith("raise the learning rate")
+    assert any(f[0].startswith("use an optimizer") for f in sgd.fixes)
+    slow = checkup.checkup(net, digits_batch, CE,
+                           optimizer=torch.optim.Adam(net.parameters(), lr=1e-7)).verdicts
+    assert slow["stalled"].found
+    assert not any(f[0].startswith("use an optimizer") for f in slow["stalled"].fixes)
+    adam = checkup.checkup(net, digits_batch, CE,
+                           optimizer=torch.optim.Adam(net.parameters(), lr=1e-3)).verdicts
+    assert adam["stalled"].found is False
+    assert checkup.checkup(net, digits_batch, CE, lr=0.1).verdicts["stalled"].found is False
+
+
+def test_optimizer_errors(digits_batch):
+    net = _mlp(depth=3)
+    with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer"):
+        checkup.checkup(net, digits_batch, CE, optimizer="adam")
+    other = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="optimizer holds none of the model's parameters"):
+        checkup.checkup(net, digits_batch, CE, optimizer=other)
+
+
+# ---- judged on the structure of the depth profile -------------------------------------------
+
+
+def test_depth_profile_is_judged_by_its_trend_not_by_one_matrix():
+    # the neighbours' median removes runs of one or two matrices out of line, keeps runs of three
+    assert checkup._neighbour_median([1, 1e-4, 1, 1, 1]) == [1, 1, 1, 1, 1]
+    assert checkup._neighbour_median([1, 1e-4, 1e-4, 1, 1, 1]) == [1, 1, 1, 1, 1, 1]
+    assert min(checkup._neighbour_median([1e-4, 1e-4, 1e-4, 1, 1, 1])) == 1e-4
+    # the typical factor per matrix toward the input: exactly 1/2 on a geometric profile, and
+    # still 1/2 with one layer far out of line
+    profile = [2.0 ** -(9 - i) for i in range(10)]
+    assert checkup._trend(profile) == pytest.approx(0.5)
+    profile[4] = 1e-9
+    assert checkup._trend(profile) == pytest.approx(0.5)
+
+
+def _judge_profile(ratios: list[float]) -> checkup.Verdict:
+    """The vanishing verdict on a depth profile of layer/last gradient ratios (forward order)."""
+    rows = [{"name": f"{i}.weight", "shape": [8, 8], "grad_norm": r, "grad_ratio": r,
+             "update_ratio": 1e-2, "weight_norm": 1.0, "input_rms": None, "nonfinite": 0,
+             "subnormal": 0.0, "zero": 0.0, "ran": True} for i, r in enumerate(ratios)]
+    return checkup._judge(rows, [], None, 1.0, torch.float32, dict(checkup.THRESHOLDS), {}, {})[
+        "vanishing"]
+
+
+def test_one_or_two_matrices_out_of_line_are_not_a_vanishing_gradient():
+    # a squeeze-excite branch's two matrices (or a pooler, an embedding) far below the layers
+    # around them: reported, not judged vanishing; three in a row, or a geometric decay, are
+    healthy = [1.0] * 12
+    pair = healthy[:5] + [1e-4, 3e-4] + healthy[7:]
+    v = _judge_profile(pair)
+    assert v.found is False
+    assert "not a trend: 5.weight at 1.00e-04" in v.evidence and "x1 per weight matrix" in v.evidence
+    assert _judge_profile(healthy[:5] + [1e-4] * 3 + healthy[8:]).found
+    decay = _judge_profile([0.5 ** (11 - i) for i in range(12)])
+    assert decay.found and "x0.5 per weight matrix" in decay.evidence

@@ -14,8 +14,16 @@ symptom.
   ``nn.LSTM``) are measured on their hidden states;
 * for sequence inputs: the gradient norm at every input time step;
 * a verdict for each symptom the book explains - vanishing, exploding,
-  saturation, dead units, underflow and non-finite values - with the numbers
-  behind it, the chapter that explains it and the fixes that apply, ranked.
+  saturation, dead units, underflow, non-finite values and a stalled step -
+  with the numbers behind it, the chapter that explains it and the fixes that
+  apply, ranked.
+
+The depth profile is judged by its structure, not by its single worst matrix:
+each layer/last ratio as the median of five consecutive weight matrices, so
+that one or two out of line (a squeeze-excite branch, a pooler) are reported
+but do not make a vanishing gradient, with the typical factor per matrix (a
+robust fit). Update ratios are those of plain SGD at ``lr``, or of a copy of
+the user's own optimizer (Adam's included), stepped on a copy of the model.
 
 The report prints as a deterministic text table (numbers rounded to three
 significant figures, so stored notebook outputs reproduce), renders as an HTML
@@ -26,8 +34,11 @@ Structures that real models use at their standard initialization are not
 alarms: weight matrices held at zero gradient by a zero-initialized head,
 residual branch or adapter; dead units on a batch too small to tell; fixes the
 model already has (normalization, gates) are not suggested. In-place and
-sparse-gradient layers are measured like the others. An error raised by the
-model or the loss function reaches the caller unchanged, with a note.
+sparse-gradient layers are measured like the others; gradient checkpointing
+is followed (a layer that ran but gets no gradient at all, as behind reentrant
+checkpointing, is a cut graph), and a ``torch.compile``'d model is measured
+through the module it wraps. An error raised by the model or the loss function
+reaches the caller unchanged, with a note.
 
 The checkup leaves the model as it found it: parameters, buffers (batch-norm
 running statistics), ``.grad`` fields, hooks, training flags and the random
@@ -41,6 +52,8 @@ from __future__ import annotations
 import copy
 import html
 import math
+import statistics
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -65,7 +78,11 @@ __all__ = [
 SATURATING, RECTIFIERS = probes.SATURATING, probes.RECTIFIERS
 
 #: The symptoms a report judges, in the order it lists them.
-SYMPTOMS = ("vanishing", "exploding", "saturation", "dead", "underflow", "nonfinite")
+SYMPTOMS = ("vanishing", "exploding", "saturation", "dead", "underflow", "nonfinite", "stalled")
+
+#: Largest update-to-weight ratio of a step at which training is called stalled: about a
+#: hundredth of the 1e-3 that a healthy SGD or Adam step typically takes.
+STALL_RATIO = 1e-5
 
 #: Fewest batch entries (examples times positions) per unit before a unit that is zero on all of
 #: them is called dead: on a batch of one example about half of a healthy ReLU layer is zero.
@@ -85,6 +102,9 @@ THRESHOLDS: dict[str, float] = {
     # largest update-to-weight ratio std(lr*g)/std(W) still called healthy (one step as large as
     # the weights)
     "update_ratio": 1.0,
+    # largest update-to-weight ratio (the largest over the weight matrices) at which a step is
+    # called stalled: the weights hardly move
+    "stalled_update": STALL_RATIO,
     # activation derivative below this share of its maximum counts as saturated ...
     "saturation_derivative": 0.1,
     # ... and a layer with more than this share of saturated entries is saturated
@@ -104,9 +124,17 @@ _CHAPTERS = {
     "dead": "05_activations",
     "underflow": "12_hardware",
     "nonfinite": "12_hardware",
+    "stalled": "04_loss_wall",
 }
 
 _NORMALIZE = ("normalize pre-activations (batch or layer norm)", "07_normalization")
+_ATTENTION = ("keep the attention logits moderate: scale by 1/sqrt(head size), normalize queries "
+              "and keys, or initialize their projections smaller", "13_checkup")
+# A weight matrix that ran in the forward pass, yet gets no gradient while layers after it do: the
+# graph between it and the loss is cut. No vanishing factor does that; an operation does.
+_RECONNECT = ("reconnect the graph: no .detach(), torch.no_grad() or .item() on the path to the "
+              "loss; torch.utils.checkpoint with use_reentrant=False (the reentrant form passes "
+              "no gradient to a block whose inputs do not require grad)", "13_checkup")
 _RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations")
 
 # What to try for each symptom, best first: (what to do, chapter). "vanishing in time" is a
@@ -155,6 +183,12 @@ _FIXES: dict[str, list[tuple[str, str]]] = {
          "04_loss_wall"),
         ("compute the loss and its softmax in float32; lower the loss scale", "12_hardware"),
     ],
+    "stalled": [
+        ("raise the learning rate (or use a warm-up that ends higher)", "04_loss_wall"),
+        ("initialize for the activation so the gradient has a usable size", "06_initialization"),
+        ("use an optimizer whose step does not scale with the gradient (Adam, Rprop)",
+         "11_beyond_gradient"),
+    ],
 }
 
 
@@ -180,6 +214,8 @@ def _fixes(
         fixes = [f for f in fixes if not f[0].startswith("shrink the initial weights")]
     if has.get("norm"):
         fixes = [f for f in fixes if f is not _NORMALIZE and not f[0].startswith("normalize")]
+    if has.get("adaptive"):  # the optimizer already takes steps of its own size
+        fixes = [f for f in fixes if not f[0].startswith("use an optimizer")]
     return fixes
 
 
@@ -231,7 +267,9 @@ class Report:
     sequence); ``verdicts``: symptom -> :class:`Verdict`; ``losses``: the loss
     before and after each of the optional training steps; ``classes``: the number
     of classes C of a classification batch, whose loss at initialization is
-    compared with ln C, the cross-entropy of a uniform guess (None otherwise).
+    compared with ln C, the cross-entropy of a uniform guess (None otherwise);
+    ``optimizer``: the class name of the user's optimizer whose step the update
+    ratios measure (None: plain SGD at ``lr``).
     """
 
     loss: float
@@ -244,6 +282,7 @@ class Report:
     losses: list[float] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
     classes: int | None = None
+    optimizer: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -269,6 +308,7 @@ class Report:
             "losses": list(self.losses),
             "thresholds": dict(self.thresholds),
             "classes": self.classes,
+            "optimizer": self.optimizer,
         }
 
     def _loss_text(self) -> str:
@@ -322,9 +362,10 @@ class Report:
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        head = f"checkup: {self._loss_text()}, dtype {self.dtype}, lr {self.lr:g}"
+        step = "SGD" if self.optimizer is None else self.optimizer
+        head = f"checkup: {self._loss_text()}, dtype {self.dtype}, {step} lr {self.lr:g}"
         if self.losses:
-            head += f", loss after {len(self.losses) - 1} SGD steps {_fmt(self.losses[-1])}"
+            head += f", loss after {len(self.losses) - 1} {step} steps {_fmt(self.losses[-1])}"
         verdict = "healthy" if self.healthy else "found: " + ", ".join(self.found)
         parts = [
             head + f" -> {verdict}", "", self.summary(), "",
@@ -491,6 +532,9 @@ class _Recorder:
         self.raw: set[str] = set()
         self.input_ids: set[int] = set()
         self.handles = []
+        # set once the model's forward pass has returned: a module that runs again afterwards is
+        # gradient checkpointing recomputing it during the backward pass, not a new forward call
+        self.closed = False
         self._cache: dict = {}
         self._pending: dict[nn.Module, tuple[float | None, float | None, int]] = {}
         for m in model.modules():
@@ -507,6 +551,8 @@ class _Recorder:
             h.remove()
 
     def _ran(self, module: nn.Module, args: tuple) -> None:
+        if self.closed:
+            return
         name = self.names[module]
         if name not in self.order:
             self.order.append(name)
@@ -519,7 +565,8 @@ class _Recorder:
             total[1] += x.numel()
 
     def _activation_in(self, module: nn.Module, args: tuple) -> None:
-        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+        if (self.closed or not args or not isinstance(args[0], torch.Tensor)
+                or not args[0].is_floating_point()):
             return
         x = args[0]
         saturated, dead = probes._activation_shares(module, x, self.threshold, self._cache)
@@ -546,7 +593,7 @@ class _Recorder:
 
     def _recurrent(self, module: nn.RNNBase, args: tuple, output: Any) -> None:
         states = output[0] if isinstance(output, tuple) else output
-        if not isinstance(states, torch.Tensor):  # a packed sequence: leave it unmeasured
+        if self.closed or not isinstance(states, torch.Tensor):  # a packed sequence: unmeasured
             return
         h = states.detach().float()
         relu = getattr(module, "nonlinearity", "tanh") == "relu"
@@ -657,6 +704,8 @@ def _forward_backward(
         with torch.enable_grad(), probes._user_backward_hooks_off(model):
             try:
                 output = probes.call(model, inputs)
+                if recorder is not None:
+                    recorder.closed = True
             except Exception as err:
                 if "not implemented for 'Half'" in str(err):
                     raise ValueError(
@@ -691,6 +740,14 @@ def _forward_backward(
     )
 
 
+def eager(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile``'d model wraps (same parameters, names without the
+    ``_orig_mod.`` prefix), or ``model`` itself: gradient flow is a property of the model's
+    mathematics, and measuring it needs hooks that a compiled graph cannot run."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def _is_matrix(name: str, p: torch.Tensor) -> bool:
     """A layer's weight matrix, not a token or per-channel vector stored with extra unit
     dimensions (a ViT's ``cls_token`` of shape (1, 1, d), started at std 1e-6, is no layer whose
@@ -701,11 +758,31 @@ def _is_matrix(name: str, p: torch.Tensor) -> bool:
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
-def _has(model: nn.Module) -> dict[str, bool]:
+#: Optimizers whose step size does not scale with the gradient's size.
+_ADAPTIVE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+             torch.optim.RAdam, torch.optim.Adagrad, torch.optim.Adadelta, torch.optim.RMSprop,
+             torch.optim.Rprop, torch.optim.Adafactor)
+
+
+def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer itself, also when a wrapper (accelerate's) holds it as ``.optimizer``."""
+    inner = optimizer
+    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise ValueError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    return inner
+
+
+def _has(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, bool]:
     """What the model already has, so that the fixes do not suggest it: recurrent cores, gated ones
-    (LSTM/GRU), normalization layers, batch norm (which makes the weights' scale irrelevant)."""
+    (LSTM/GRU), normalization layers, batch norm (which makes the weights' scale irrelevant), and
+    an optimizer with steps of its own size."""
     mods = list(model.modules())
     return {
+        "adaptive": isinstance(optimizer, _ADAPTIVE),
         "recurrent": any(isinstance(m, nn.RNNBase) for m in mods),
         "gated": any(isinstance(m, (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)) for m in mods),
         "norm": any(isinstance(m, _NORMS)
@@ -746,11 +823,16 @@ GATE_SCALE = 1e-4
 _QUERY_KEY = ("query", "key", "q_proj", "k_proj", "q_lin", "k_lin", "to_q", "to_k", "wq", "wk")
 
 
+def _names_query_key(row: dict[str, Any]) -> bool:
+    """A weight matrix named as an attention query or key projection."""
+    module = row["name"].rpartition(".")[0]
+    return module.rpartition(".")[2] in _QUERY_KEY and len(row["shape"]) == 2
+
+
 def _is_query_key(row: dict[str, Any]) -> bool:
     """An attention query or key projection at a normal scale: its gain, RMS(W) * sqrt(fan-in),
     at most 3. Much larger weights make the attention saturate instead, and are judged."""
-    module = row["name"].rpartition(".")[0]
-    if module.rpartition(".")[2] not in _QUERY_KEY or len(row["shape"]) != 2:
+    if not _names_query_key(row):
         return False
     rows_, fan_in = row["shape"]
     gain = row["weight_norm"] / math.sqrt(rows_ * fan_in) * math.sqrt(fan_in)
@@ -834,6 +916,7 @@ def checkup(
     reference: bool = True,
     loss_scale: float = 1.0,
     thresholds: Mapping[str, float] | None = None,
+    optimizer: Any = None,
 ) -> Report:
     """Measure gradient flow through ``model`` on one ``batch`` and judge each symptom.
 
@@ -853,7 +936,11 @@ def checkup(
     pass, as mixed-precision training does to lift small gradients out of the
     underflow range; zero/subnormal/flushed shares describe the scaled
     gradients the hardware stores, every norm and ratio the unscaled ones.
-    ``thresholds`` overrides entries of :data:`THRESHOLDS`.
+    ``thresholds`` overrides entries of :data:`THRESHOLDS`. ``optimizer``, the
+    user's own optimizer over the model's parameters, replaces plain SGD at
+    ``lr``: the update-to-weight ratios (and the ``steps``) are those of a copy
+    of it, its state included (Adam's moments), stepped on a copy of the model
+    with the measured gradients; the original is not stepped.
 
     The model comes back exactly as it went in: parameters, buffers, ``.grad``,
     hooks, training flags and random-number-generator states.
@@ -888,6 +975,13 @@ def checkup(
             or not loss_scale > 0 or not math.isfinite(loss_scale)):
         raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
     th = _check_thresholds(thresholds)
+    model = eager(model)
+    if optimizer is not None:
+        optimizer = torch_optimizer(optimizer)
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if not any(id(p) in held for p in model.parameters()):
+            raise ValueError("optimizer holds none of the model's parameters")
+        lr = max(float(g.get("lr", 0.0)) for g in optimizer.param_groups)
     dtype = _model_dtype(model)
     inputs, targets = batch
     tdim = _time_dim(model, inputs, time_dim)
@@ -923,7 +1017,8 @@ def checkup(
                     th["saturation_derivative"], None, record=False,
                 ).grads
                 flushed = {n: ref_grads.get(n) for n in weights}
-            losses = _sgd_losses(model, inputs, targets, loss_fn, lr, steps) if steps else []
+            losses = (_train_losses(model, optimizer, inputs, targets, loss_fn, lr, steps)
+                      if steps else [])
         finally:
             with torch.no_grad():
                 for n, b in model.named_buffers():
@@ -942,15 +1037,15 @@ def checkup(
              if p.requires_grad and p.is_floating_point() and "bias" not in n.rpartition(".")[2]
              and p.numel() and float(p.detach().abs().max()) <= GATE_SCALE
              and raw.get(n) is not None and bool(raw[n].ne(0).any())]
-    # The update-to-weight ratio of one SGD step, std(lr * g) / std(W), computed here in float32
-    # from the unscaled gradient (not from .grad, which the checkup must not touch, and which a
-    # float16 model could not even hold unscaled).
-    updates = {
-        n: lr * _spread(grads[n]) / _spread(params[n])
-        for n in weights
-        if grads[n] is not None and _is_matrix(n, params[n]) and _spread(params[n]) > 0
-        and n not in gates
-    }
+    # The update-to-weight ratio of one step, std(step) / std(W), in float64, from the unscaled
+    # gradient (not from .grad, which the checkup must not touch, and which a float16 model could
+    # not even hold unscaled): plain SGD's step is lr * g; the user's optimizer's is measured.
+    judged = [n for n in weights if grads[n] is not None and _is_matrix(n, params[n])
+              and _spread(params[n]) > 0 and n not in gates]
+    if optimizer is None:
+        updates = {n: lr * _spread(grads[n]) / _spread(params[n]) for n in judged}
+    else:
+        updates = _optimizer_updates(model, optimizer, grads, judged)
 
     tiny = low_precision_floor(dtype)
     last = next((grads[n] for n in reversed(weights) if grads[n] is not None), None)
@@ -959,6 +1054,7 @@ def checkup(
     for n in weights:
         g, w, graw = grads[n], params[n].detach(), raw[n]
         row: dict[str, Any] = {"name": n, "shape": list(w.shape),
+                               "ran": n.rpartition(".")[0] in order,
                                "weight_norm": probes.safe_norm(w), "zero_init": n in zero_init,
                                # RMS of the forward signal entering the layer (None: not a float
                                # tensor, e.g. token ids, or the layer did not run, or the layer
@@ -1003,18 +1099,52 @@ def checkup(
                                        and r["grad_ratio"] < th["vanishing_ratio"])]
     gated = _gated(weak, gates, order, _containers(model))
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
-                      _has(model), gated)
+                      _has(model, optimizer), gated, lr=lr)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
+                  optimizer=None if optimizer is None else type(optimizer).__name__,
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
                   losses=losses, thresholds=th, classes=classes)
 
 
-def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
-    """Loss before each of ``steps`` plain SGD steps on a copy of the model, and after the last."""
-    clone = copy.deepcopy(model)
+def _copies(model: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float
+            ) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A copy of the model with no gradients, and a copy of ``optimizer`` (its state and
+    hyperparameters) over the copy's parameters, or plain SGD at ``lr``. The optimizer's step
+    hooks (a monitor's) stay with the original."""
+    opt: torch.optim.Optimizer
+    if optimizer is None:
+        clone = copy.deepcopy(model)
+        opt = torch.optim.SGD([p for p in clone.parameters() if p.requires_grad], lr=lr)
+    else:
+        hooks = optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks
+        optimizer._optimizer_step_pre_hooks = OrderedDict()
+        optimizer._optimizer_step_post_hooks = OrderedDict()
+        try:  # one deepcopy: the optimizer's references map onto the copy's parameters
+            clone, opt = copy.deepcopy((model, optimizer))
+        finally:
+            optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks = hooks
     for p in clone.parameters():
         p.grad = None
-    opt = torch.optim.SGD([p for p in clone.parameters() if p.requires_grad], lr=lr)
+    return clone, opt
+
+
+def _optimizer_updates(model, optimizer, grads, names) -> dict[str, float]:
+    """std(W_after - W_before) / std(W_before) for each of ``names`` after one step of a copy of
+    ``optimizer`` on a copy of ``model`` with the measured gradients."""
+    clone, opt = _copies(model, optimizer, 0.0)
+    params = dict(clone.named_parameters())
+    for n, p in params.items():
+        g = grads.get(n)
+        p.grad = None if g is None else g.detach().to(p.dtype).clone()
+    before = {n: params[n].detach().clone() for n in names}
+    opt.step()
+    return {n: _spread(params[n].detach() - before[n]) / _spread(before[n]) for n in names}
+
+
+def _train_losses(model, optimizer, inputs, targets, loss_fn, lr, steps) -> list[float]:
+    """Loss before each of ``steps`` steps (of a copy of ``optimizer``, or plain SGD at ``lr``) on
+    a copy of the model, and after the last."""
+    clone, opt = _copies(model, optimizer, lr)
     losses = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
@@ -1029,9 +1159,34 @@ def _sgd_losses(model, inputs, targets, loss_fn, lr, steps) -> list[float]:
     return losses
 
 
-def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str, Verdict]:
+def _neighbour_median(values: list[float]) -> list[float]:
+    """Each value replaced by the median of the five consecutive values centred on it in forward
+    order (at the ends, the first or last five; all of them when there are fewer; the upper
+    median of an even count): a run of one or two values out of line (a squeeze-excite branch's
+    two matrices, an embedding) does not survive, a run of three or more does."""
+    n, out = len(values), []
+    for i in range(n):
+        start = max(0, min(i - 2, n - 5))
+        window = sorted(values[start:start + 5])
+        out.append(window[len(window) // 2])
+    return out
+
+
+def _trend(ratios: list[float]) -> float | None:
+    """The gradient's typical factor per weight matrix from the output toward the input: the
+    median, over all pairs of layers i < j, of (r_i / r_j) ** (1 / (j - i)) (Theil and Sen's
+    robust slope of log r, so that single layers out of line do not set it). None for fewer than
+    two positive finite ratios."""
+    logs = [(i, math.log(r)) for i, r in enumerate(ratios) if r > 0 and math.isfinite(r)]
+    slopes = [(la - lb) / (j - i) for k, (i, la) in enumerate(logs) for j, lb in logs[k + 1:]]
+    return math.exp(statistics.median(slopes)) if slopes else None
+
+
+def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None
+           ) -> dict[str, Verdict]:
     """Turn the measurements into one :class:`Verdict` per symptom (also for
-    :class:`vanishing.monitor.Monitor`, which passes ``loss=None``: it judges gradients only)."""
+    :class:`vanishing.monitor.Monitor`, which passes ``loss=None``: it judges gradients only).
+    ``lr`` is the largest learning rate of the step whose update ratios the rows hold."""
     lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
     saturating = any(a["saturated"] is not None for a in acts)
     # Weight matrices whose all-zero gradient a zero-initialized gate explains (a zero head,
@@ -1042,13 +1197,21 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
     attention = [r for r in layers if _is_query_key(r) and r not in blocked]
     measured = [r for r in layers
                 if r["grad_ratio"] is not None and r not in blocked and r not in attention]
+    # query/key matrices large enough to saturate the attention's softmax: judged on their own, as
+    # a pair of them would not survive the neighbours' median of the depth profile
+    hot = [r for r in measured if _names_query_key(r)]
     out: dict[str, Verdict] = {}
 
-    def verdict(symptom, found, evidence, *, in_time=False, forward=False):
+    def verdict(symptom, found, evidence, *, in_time=False, forward=False, cut=False,
+                attention_first=False):
         fixes = (
             _fixes(symptom, has=has, saturating=saturating, in_time=in_time)
             if found else []
         )
+        if attention_first:
+            fixes.insert(0, _ATTENTION)
+        if cut:  # only the graph can be the cause; nothing else is worth trying first
+            fixes = [_RECONNECT]
         if forward:  # the forward signal fades at init: the initialization's scale is the cause
             fixes.sort(key=lambda f: f[1] != "06_initialization")
         chapter = "09_lstm" if (symptom == "vanishing" and in_time) else _CHAPTERS[symptom]
@@ -1075,6 +1238,16 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
     else:
         worst = min(measured, key=lambda r: r["grad_ratio"]) if measured else None
         parts, found, in_time, forward = [], False, False, False
+        # layers that ran, before the first one with a gradient, and get none at all (None, not
+        # zero): cut off from the loss. A layer whose output the loss does not use (a pooler)
+        # runs after the layers that feed the loss, so it is not counted.
+        first = next((i for i, r in enumerate(layers) if r["grad_norm"] is not None), 0)
+        cut = [r for r in layers[:first] if r["grad_norm"] is None and r.get("ran")]
+        if cut:
+            parts.append(f"the gradient does not reach the first {len(cut)} of {len(layers)} "
+                         f"weight matrices at all ({cut[0]['name']} to {cut[-1]['name']}), "
+                         "which ran in the forward pass: the graph is cut before the loss")
+            found = True
         silent = [r for r in layers if r["grad_norm"] == 0 and r not in blocked
                   and r not in attention]
         if blocked:
@@ -1093,9 +1266,33 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
                          f"(first: {silent[0]['name']})")
             found = True
         if worst is not None:
-            parts.append(f"smallest layer/last gradient ratio {_fmt(worst['grad_ratio'])} "
-                         f"at {worst['name']} (threshold {lo:g})")
-            found |= worst["grad_ratio"] < lo
+            # judged on the structure, not on the single worst matrix: each ratio as the median of
+            # five consecutive matrices in forward order, so that one or two
+            # matrices out of line (a squeeze-excite branch, a pooler, an embedding) do not make a
+            # vanishing gradient, while a run of three or more weak layers does
+            ordered = ([r for r in measured if not math.isnan(r["grad_ratio"]) and r not in hot]
+                       or [worst])
+            smooth = _neighbour_median([r["grad_ratio"] for r in ordered])
+            at = min(range(len(smooth)), key=smooth.__getitem__)
+            parts.append(f"smallest layer/last gradient ratio {_fmt(smooth[at])} around "
+                         f"{ordered[at]['name']} (median of five consecutive matrices; "
+                         f"threshold {lo:g})")
+            single = min(ordered, key=lambda r: r["grad_ratio"])
+            if single["grad_ratio"] < lo <= smooth[at]:
+                parts.append(f"smallest single ratio out of line with its neighbours, not a trend: "
+                             f"{single['name']} at {_fmt(single['grad_ratio'])}")
+            trend = _trend([r["grad_ratio"] for r in ordered])
+            if trend is not None:
+                parts.append(f"typical change toward the input x{trend:.3g} per weight matrix")
+            found |= smooth[at] < lo
+        saturated_attention = False
+        if hot:
+            low = min(hot, key=lambda r: r["grad_ratio"])
+            if low["grad_ratio"] < lo:
+                parts.append(f"{len(hot)} attention query/key matrices with large weights (gain "
+                             f"above 3), smallest ratio {_fmt(low['grad_ratio'])} at "
+                             f"{low['name']}: the attention's softmax saturates")
+                found = saturated_attention = True
         if f_ratio is not None and top is not None:
             parts.append(f"forward signal RMS entering {fwd[-1]['name']} / largest entering a "
                          f"hidden layer ({top['name']}) {_fmt(f_ratio)} "
@@ -1107,7 +1304,8 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
                          f"over {len(time_profile)} steps")
             if t_ratio < lo:
                 found, in_time = True, True
-        verdict("vanishing", found, "; ".join(parts), in_time=in_time, forward=forward)
+        verdict("vanishing", found, "; ".join(parts), in_time=in_time, forward=forward,
+                cut=bool(cut), attention_first=saturated_attention)
 
     # exploding: a layer's gradient far above the last one's, or one SGD step moving a layer too
     # far
@@ -1185,4 +1383,17 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated) -> dict[str,
     else:
         verdict("nonfinite", False,
                 "all gradients finite" if loss is None else "loss and all gradients finite")
+
+    # stalled: the step hardly moves any weight matrix (a learning rate far too small for the
+    # gradients' size, or a gradient too small for plain SGD)
+    ups = [r["update_ratio"] for r in layers if r["update_ratio"] is not None]
+    if lr == 0:  # a warm-up's first step: nothing moves, by design
+        verdict("stalled", None, "learning rate 0 at this step")
+    elif not ups or not all(math.isfinite(u) for u in ups):
+        verdict("stalled", None, "no finite update-to-weight ratio")
+    else:
+        top = max(ups)
+        verdict("stalled", top < th["stalled_update"],
+                f"largest update/weight ratio of the step {_fmt(top)} "
+                f"(threshold {th['stalled_update']:g})")
     return out

@@ -8,12 +8,12 @@ the update-to-weight ratio is the one the user's optimizer really took, Adam's i
 RMS of the forward signal entering each layer during that step's forward pass. No extra forward
 or backward pass is run, and nothing the training computes is changed.
 
-It judges the symptoms the checkup judges from gradients alone (vanishing, exploding, non-finite
-values; the rules are the checkup's, :func:`vanishing.checkup._judge`) and one that only
-training shows, **stalled**: the largest update-to-weight ratio so far below ``stall_ratio`` that
-the weights hardly move. It remembers the step at which each symptom was first seen and converts
-to plain data (:meth:`Monitor.to_dict`, :meth:`Monitor.scalars`) for a logger. For the Hugging Face
-``Trainer``, :class:`MonitorCallback` follows its callback protocol.
+It judges the symptoms the checkup judges from gradients and steps alone (vanishing, exploding,
+non-finite values and **stalled**, the largest update-to-weight ratio of a step so far below
+``stall_ratio`` that the weights hardly move; the rules are the checkup's,
+:func:`vanishing.checkup._judge`). It remembers the step at which each symptom was first seen and
+converts to plain data (:meth:`Monitor.to_dict`, :meth:`Monitor.scalars`) for a logger. For the
+Hugging Face ``Trainer``, :class:`MonitorCallback` follows its callback protocol.
 """
 
 from __future__ import annotations
@@ -30,21 +30,8 @@ from . import probes
 
 __all__ = ["Monitor", "MonitorCallback", "STALL_RATIO"]
 
-#: Largest update-to-weight ratio of a step at which training is called stalled: about a
-#: hundredth of the 1e-3 that a healthy SGD or Adam step typically takes.
-STALL_RATIO = 1e-5
-
-
-def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer itself, also when a wrapper (accelerate's) holds it as ``.optimizer``."""
-    inner = optimizer
-    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
-        inner = inner.optimizer
-    if not isinstance(inner, torch.optim.Optimizer):
-        raise ValueError(
-            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
-    return inner
+#: Largest update-to-weight ratio of a step at which training is called stalled (the checkup's).
+STALL_RATIO = _checkup.STALL_RATIO
 
 
 class Monitor:
@@ -53,7 +40,8 @@ class Monitor:
     ``Monitor(model, optimizer, every=50)`` hooks into ``optimizer.step()`` and into the forward
     passes of ``model``'s layers; use it as a context manager or call :meth:`remove` to detach.
     ``thresholds`` overrides entries of :data:`vanishing.checkup.THRESHOLDS`; ``stall_ratio`` is
-    the update-to-weight ratio below which a step counts as stalled. Steps are counted from the
+    the update-to-weight ratio below which a step counts as stalled (default: the thresholds'
+    ``stalled_update``). Steps are counted from the
     first ``optimizer.step()`` after attaching, starting at 0; a step that a ``GradScaler`` skips
     (non-finite gradients) never reaches the optimizer and is not counted. On a monitored step
     the monitor holds one copy of the weight matrices until the step is taken. Optimizers that
@@ -62,20 +50,26 @@ class Monitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 50,
-                 thresholds: Mapping[str, float] | None = None, stall_ratio: float = STALL_RATIO):
+                 thresholds: Mapping[str, float] | None = None,
+                 stall_ratio: float | None = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.optimizer = _unwrap(optimizer)
+        model = _checkup.eager(model)
+        self.optimizer = _checkup.torch_optimizer(optimizer)
         if isinstance(self.optimizer, torch.optim.LBFGS):
             raise ValueError("optimizer: LBFGS computes its gradients inside step(), after the "
                              "monitor's hook; use the checkup on its model instead")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
-        if (isinstance(stall_ratio, bool) or not isinstance(stall_ratio, (int, float))
+        if stall_ratio is not None and (
+                isinstance(stall_ratio, bool) or not isinstance(stall_ratio, (int, float))
                 or not 0 < stall_ratio < 1):
-            raise ValueError(f"stall_ratio must be a number in (0, 1), got {stall_ratio!r}")
-        self.every, self.stall_ratio = every, float(stall_ratio)
+            raise ValueError(f"stall_ratio must be None or a number in (0, 1), got {stall_ratio!r}")
+        self.every = every
         self.thresholds = _checkup._check_thresholds(thresholds)
+        if stall_ratio is not None:
+            self.thresholds["stalled_update"] = float(stall_ratio)
+        self.stall_ratio = self.thresholds["stalled_update"]
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         self._params = {n: p for n, p in model.named_parameters() if id(p) in held}
         self._weights = {n: p for n, p in self._params.items()
@@ -83,7 +77,7 @@ class Monitor:
         if not self._weights:
             raise ValueError("the optimizer updates none of the model's weight matrices")
         self._names = {m: n for n, m in model.named_modules()}
-        self._has = _checkup._has(model)
+        self._has = _checkup._has(model, self.optimizer)
         self._containers = _checkup._containers(model)
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -91,13 +85,18 @@ class Monitor:
         self._order: list[str] = []
         self._input_ms: dict[str, list[float]] = {}
         self._raw: set[str] = set()  # modules that saw the model's own input in this step
+        self._ran: set[str] = set()  # modules that ran in this step, with or without grad
         self._input_ids: set[int] = set()
         self._pending: dict[str, Any] | None = None
+        # the forward hooks run eagerly also inside a torch.compile'd model (a graph break at
+        # each): they keep Python state, which a compiled graph cannot hold
+        model_input, forward = (torch.compiler.disable(self._model_input),
+                                torch.compiler.disable(self._forward))
         self._handles = [
             self.optimizer.register_step_pre_hook(self._before),
             self.optimizer.register_step_post_hook(self._after),
-            model.register_forward_pre_hook(self._model_input, with_kwargs=True),
-        ] + [m.register_forward_pre_hook(self._forward) for m in model.modules()
+            model.register_forward_pre_hook(model_input, with_kwargs=True),
+        ] + [m.register_forward_pre_hook(forward) for m in model.modules()
              if any(True for _ in m.parameters(recurse=False))]
 
     # ---- hooks ---------------------------------------------------------------------------------
@@ -106,14 +105,19 @@ class Monitor:
             self._input_ids |= {id(t) for t in _checkup._tensors((args, kwargs))}
 
     def _forward(self, module: nn.Module, args: tuple) -> None:
-        # only the forward passes of monitored steps, and not evaluation passes (no grad)
-        if self.step % self.every or not torch.is_grad_enabled():
+        # only the forward passes of monitored steps, and not evaluation passes (no grad) ...
+        if self.step % self.every:
             return
         name = self._names[module]
-        total = self._input_ms.get(name)
-        if total is None:  # the module's first call in this step: it fixes the forward order
+        # ... except that a layer which ran at all fixes its place in the forward order:
+        # reentrant checkpointing runs its blocks without grad, and a layer that ran but gets no
+        # gradient is cut off from the loss
+        if name not in self._ran:  # the module's first call in this step
+            self._ran.add(name)
             self._order.append(name)
-            total = self._input_ms[name] = [0.0, 0.0]
+        if not torch.is_grad_enabled():
+            return
+        total = self._input_ms.setdefault(name, [0.0, 0.0])
         x = probes._first_tensor(args)
         # the first layer with a float input, and any given the model's own input tensor, see the
         # user's data, whose scale is not the network's doing
@@ -161,7 +165,9 @@ class Monitor:
                if c and n not in self._raw}
         names = _checkup._forward_order(list(self._weights), self._order)
         order = self._order
+        ran = self._ran
         self._input_ms, self._order, self._raw, self._input_ids = {}, [], set(), set()
+        self._ran = set()
         norms, before = pending["norms"], pending["weights"]
         last = next((norms[n] for n in reversed(names) if norms[n] is not None), None)
         rows: list[dict[str, Any]] = []
@@ -171,6 +177,7 @@ class Monitor:
             spread = float(w0.double().std()) if w0.numel() > 1 else 0.0
             rows.append({
                 "name": n,
+                "ran": n.rpartition(".")[0] in ran,
                 "shape": list(w0.shape),
                 "weight_norm": probes.safe_norm(w0),
                 "grad_norm": norms[n],
@@ -186,21 +193,9 @@ class Monitor:
         weak = [r["name"] for r in rows if r["grad_norm"] == 0
                 or (r["grad_ratio"] is not None and r["grad_ratio"] < lo)]
         gated = _checkup._gated(weak, pending["gates"], order, self._containers)
-        verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has, gated)
-        verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite")}
-        ups = [r["update_ratio"] for r in rows if r["update_ratio"] is not None]
-        if pending["lr"] == 0:  # a warm-up's first step: nothing moves, by design
-            verdicts["stalled"] = _checkup.Verdict(
-                "stalled", None, "learning rate 0 at this step", "04_loss_wall")
-        elif ups and all(math.isfinite(u) for u in ups):
-            top = max(ups)
-            verdicts["stalled"] = _checkup.Verdict(
-                "stalled", top < self.stall_ratio,
-                f"largest update/weight ratio of the step {_checkup._fmt(top)} "
-                f"(threshold {self.stall_ratio:g})", "04_loss_wall",
-                [("raise the learning rate (or use a warm-up that ends higher)", "04_loss_wall"),
-                 ("initialize for the activation so the gradient has a usable size",
-                  "06_initialization")] if top < self.stall_ratio else [])
+        verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has, gated,
+                                   lr=pending["lr"])
+        verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite", "stalled")}
         for s, v in verdicts.items():
             if v.found and s not in self.first_seen:
                 self.first_seen[s] = self.step

@@ -166,13 +166,21 @@ def _own_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return matrices or own
 
 
+def _own_saved_tensors() -> torch.autograd.graph.saved_tensors_hooks:
+    """Keep the tensors a measurement's own small autograd graph saves out of an enclosing
+    ``saved_tensors_hooks`` (gradient checkpointing's): the innermost pair of hooks is the one
+    used, so these identity hooks hide the measurement from the checkpoint, which would otherwise
+    count its tensors and refuse the recomputation when they differ."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+
+
 def _max_derivative(module: nn.Module, cache: dict) -> float:
     """The largest derivative the activation reaches, found on a fine grid (cached per
     configuration)."""
     key = type(module), repr(module)
     if key not in cache:
         z = torch.linspace(-20, 20, 40001, requires_grad=True)
-        with torch.enable_grad():
+        with torch.enable_grad(), _own_saved_tensors():
             (d,) = torch.autograd.grad(module.forward(z.clone()).sum(), z)
         cache[key] = float(d.abs().max())
     return cache[key]
@@ -183,7 +191,7 @@ def _activation_shares(module: nn.Module, x: torch.Tensor, threshold: float, cac
     """(saturated, dead) for an activation module's input ``x``: the share of entries whose
     derivative is below ``threshold`` times the activation's largest, and the share of units whose
     derivative is zero for every example of the batch."""
-    with torch.enable_grad():
+    with torch.enable_grad(), _own_saved_tensors():
         z = x.detach().float().clone().requires_grad_(True)
         # forward(), not __call__: no hooks, no recursion; on a copy, which an in-place module may
         # overwrite
