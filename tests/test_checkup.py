@@ -859,3 +859,32 @@ def test_one_or_two_matrices_out_of_line_are_not_a_vanishing_gradient():
     assert _judge_profile(healthy[:5] + [1e-4] * 3 + healthy[8:]).found
     decay = _judge_profile([0.5 ** (11 - i) for i in range(12)])
     assert decay.found and "x0.5 per weight matrix" in decay.evidence
+
+
+def test_autocast_backward_signal_underflow_is_found_and_loss_scaling_removes_it(digits_batch):
+    # a float32 model run under float16 autocast stores its backward signal in float16: with a
+    # small loss (weighted by 1e-6, as a loss term can be) the signal falls below float16's normal
+    # range at the layers' outputs, while the float32 weight gradients look fine; scaling the
+    # loss by 2^24 lifts it out, and bfloat16 (float32's exponent range) never had the problem
+    class Autocast(nn.Module):
+        def __init__(self, dtype):
+            super().__init__()
+            self.dtype, self.net = dtype, _mlp(depth=6, activation="relu", init="he")
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=self.dtype):
+                return self.net(x).float()
+
+    def small(out, y):
+        return 1e-6 * CE(out, y)
+
+    half = checkup.checkup(Autocast(torch.float16), digits_batch, small)
+    v = half.verdicts["underflow"]
+    assert v.found and "in float16 (autocast): largest share subnormal or flushed" in v.evidence
+    assert v.fixes[0][0].startswith("scale the loss")
+    assert all(r["out_dtype"] == "float16" for r in half.layers)
+    assert max(r["subnormal"] for r in half.layers) == 0  # the float32 weight gradients alone
+    scaled = checkup.checkup(Autocast(torch.float16), digits_batch, small, loss_scale=2.0**24)
+    assert not scaled.verdicts["underflow"].found, scaled.summary()
+    bf16 = checkup.checkup(Autocast(torch.bfloat16), digits_batch, small)
+    assert not bf16.verdicts["underflow"].found, bf16.summary()

@@ -531,6 +531,9 @@ class _Recorder:
         # network's doing): the first with a float input, and any given one of the input tensors
         self.raw: set[str] = set()
         self.input_ids: set[int] = set()
+        # gradients at float16/bfloat16 outputs of modules with parameters (autocast): module name
+        # -> [entries lost to the dtype's range, entries, dtype name]
+        self.out_grads: dict[str, list] = {}
         self.handles = []
         # set once the model's forward pass has returned: a module that runs again afterwards is
         # gradient checkpointing recomputing it during the backward pass, not a new forward call
@@ -545,6 +548,7 @@ class _Recorder:
                 self.handles.append(m.register_forward_hook(self._recurrent))
             if any(True for _ in m.parameters(recurse=False)):
                 self.handles.append(m.register_forward_pre_hook(self._ran))
+                self.handles.append(m.register_forward_hook(self._output))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -563,6 +567,26 @@ class _Recorder:
             total = self.input_ms.setdefault(name, [0.0, 0.0])
             total[0] += probes.safe_norm(x) ** 2
             total[1] += x.numel()
+
+    def _output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        # under autocast a float32 model computes in float16 or bfloat16: the backward signal is
+        # then stored in that format, and can underflow before any float32 weight gradient sees it
+        if (self.closed or not isinstance(output, torch.Tensor) or not output.requires_grad
+                or output.dtype not in (torch.float16, torch.bfloat16)
+                or any(p.dtype == output.dtype for p in module.parameters(recurse=False))):
+            return  # not autocast: a float16 model's own gradients are judged on its weights
+        name, tiny = self.names[module], torch.finfo(output.dtype).tiny
+
+        def count(grad: torch.Tensor) -> None:
+            # entries below the normal range but not zero; a gradient that is zero everywhere
+            # counts whole: in float32 it would be tiny, not zero (a flush leaves no subnormals)
+            a = grad.detach().abs()
+            total = self.out_grads.setdefault(name, [0, 0, str(grad.dtype).replace("torch.", "")])
+            nonzero = int((a > 0).sum())
+            total[0] += int(((a > 0) & (a < tiny)).sum()) if nonzero else a.numel()
+            total[1] += a.numel()
+
+        output.register_hook(count)
 
     def _activation_in(self, module: nn.Module, args: tuple) -> None:
         if (self.closed or not args or not isinstance(args[0], torch.Tensor)
@@ -656,6 +680,7 @@ class _Pass(NamedTuple):
     input_rms: dict[str, float]  # module name -> RMS of its forward input
     raw: set[str]  # modules that see the model's own input
     classes: int | None  # C, when the output is (N, C) logits scored against N class indices
+    out_grads: dict[str, list]  # module -> subnormal entries, entries, dtype of its output's grad
 
 
 def _classes(output: Any, targets: Any) -> int | None:
@@ -737,6 +762,7 @@ def _forward_backward(
         (grads[-1] if leaf is not None else None), probe.get("dim", time_dim),
         (recorder.order if recorder else []), rms,
         (recorder.raw if recorder else set()), _classes(output, targets),
+        (recorder.out_grads if recorder else {}),
     )
 
 
@@ -1001,7 +1027,8 @@ def checkup(
                     model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
                     scale=loss_scale,
                 )
-            loss, grads, acts, xgrad, xdim, order, input_rms, raw_input, classes = measured
+            (loss, grads, acts, xgrad, xdim, order, input_rms, raw_input, classes,
+             out_grads) = measured
             flushed = None
             # a sparse gradient (nn.Embedding(sparse=True)) is judged like the dense one it stands
             # for
@@ -1077,6 +1104,10 @@ def checkup(
                 subnormal=(int((a < tiny).sum()) - zeros) / size,
                 nonfinite=size - int(torch.isfinite(a).sum()),
             )
+        out = out_grads.get(n.rpartition(".")[0])
+        if out is not None and out[1]:
+            # the backward signal at the layer's output, in the low precision autocast chose
+            row.update(out_dtype=out[2], out_subnormal=out[0] / out[1])
         if flushed is not None:
             r = flushed[n]
             if g is None or r is None:
@@ -1366,9 +1397,18 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None
         worst = max(with_grad, key=lambda r: r.get(key) or 0.0)
         share = worst.get(key) or 0.0
         what = "below the normal range (float32 pass)" if key == "flushed" else "subnormal"
-        verdict("underflow", share > th["underflow_share"],
-                f"largest share {what} {share:.2f} at {worst['name']} "
-                f"in {str(dtype).replace('torch.', '')} (threshold {th['underflow_share']:g})")
+        evidence = (f"largest share {what} {share:.2f} at {worst['name']} "
+                    f"in {str(dtype).replace('torch.', '')} (threshold {th['underflow_share']:g})")
+        found = share > th["underflow_share"]
+        outs = [r for r in layers if r.get("out_subnormal") is not None]
+        if outs:
+            low = max(outs, key=lambda r: r["out_subnormal"])
+            evidence += (f"; backward signal at layer outputs in {low['out_dtype']} (autocast): "
+                         f"largest share subnormal or flushed (all zero) "
+                         f"{low['out_subnormal']:.2f} at "
+                         f"{low['name'].rpartition('.')[0]}")
+            found |= low["out_subnormal"] > th["underflow_share"]
+        verdict("underflow", found, evidence)
 
     # non-finite: inf or nan in the loss or any gradient
     bad = [r for r in layers if r["nonfinite"]]
