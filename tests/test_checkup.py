@@ -855,10 +855,10 @@ def test_one_or_two_matrices_out_of_line_are_not_a_vanishing_gradient():
     pair = healthy[:5] + [1e-4, 3e-4] + healthy[7:]
     v = _judge_profile(pair)
     assert v.found is False
-    assert "not a trend: 5.weight at 1.00e-04" in v.evidence and "x1 per weight matrix" in v.evidence
+    assert "not a trend: 5.weight at 1.00e-04" in v.evidence and "per weight matrix toward the input 1" in v.evidence
     assert _judge_profile(healthy[:5] + [1e-4] * 3 + healthy[8:]).found
     decay = _judge_profile([0.5 ** (11 - i) for i in range(12)])
-    assert decay.found and "x0.5 per weight matrix" in decay.evidence
+    assert decay.found and "per weight matrix toward the input 0.5" in decay.evidence
 
 
 def test_autocast_backward_signal_underflow_is_found_and_loss_scaling_removes_it(digits_batch):

@@ -1314,7 +1314,7 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None
                              f"{single['name']} at {_fmt(single['grad_ratio'])}")
             trend = _trend([r["grad_ratio"] for r in ordered])
             if trend is not None:
-                parts.append(f"typical change toward the input x{trend:.3g} per weight matrix")
+                parts.append(f"typical factor per weight matrix toward the input {trend:.3g}")
             found |= smooth[at] < lo
         saturated_attention = False
         if hot:
