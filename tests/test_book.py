@@ -56,7 +56,7 @@ def test_binder_is_in_step_with_requirements():
     assert binder["torch"] == main["torch"] + "+cpu", "Binder must use the CPU build of the pinned torch"
     assert "download.pytorch.org/whl/cpu" in (ROOT / "binder" / "requirements.txt").read_text()
     tools = ("pytest", "pytest-xdist", "nbval", "hypothesis", "playwright", "ruff", "mypy", "pypdf",
-             "transformers")  # test-only: the checkup's zoo; Binder readers do not need it
+             "transformers")  # the checkup's zoo: tests, and chapter 13, which installs it on demand
     runtime = {k: v for k, v in main.items() if k not in tools}
     for name, version in runtime.items():
         if name == "torch":

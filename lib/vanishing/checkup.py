@@ -124,7 +124,7 @@ _CHAPTERS = {
     "dead": "05_activations",
     "underflow": "12_hardware",
     "nonfinite": "12_hardware",
-    "stalled": "04_loss_wall",
+    "stalled": "13_checkup",
 }
 
 _NORMALIZE = ("normalize pre-activations (batch or layer norm)", "07_normalization")
@@ -143,10 +143,9 @@ _RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activation
 _FIXES: dict[str, list[tuple[str, str]]] = {
     "vanishing in time": [
         ("use a gated cell (LSTM/GRU) with a positive forget-gate bias", "09_lstm"),
-        ("initialize the recurrent matrix orthogonally (spectral radius near 1)",
-         "03_dynamical_system"),
+        ("initialize the recurrent matrix orthogonally (spectral radius near 1)", "04_loss_wall"),
         ("shorten the lag the gradient must cross, or give it a direct path (attention)",
-         "02_recurrent_model"),
+         "09_lstm"),
     ],
     # the initialization first: it sets each layer's factor, and the cheapest change; a residual
     # connection added to a network whose blocks are badly scaled can make it explode (13_checkup)
@@ -200,14 +199,15 @@ def _fixes(
     if symptom == "vanishing" and in_time:
         fixes = list(_FIXES["vanishing in time"])
         if has.get("gated"):
-            fixes[0] = ("raise the forget-gate bias (chrono initialization, b = ln(T))", "09_lstm")
+            fixes[0] = ("raise the forget-gate bias (b = ln(T / ln 2) keeps half the signal over T "
+                        "steps)", "09_lstm")
         return fixes
     fixes = list(_FIXES[symptom])
     if symptom == "vanishing" and saturating:
         fixes.insert(0, _RECTIFIER)
     if symptom == "exploding" and has.get("recurrent"):
         fixes.insert(
-            2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system")
+            2, ("keep the recurrent matrix's spectral radius near 1", "02_recurrent_model")
         )
     if symptom == "exploding" and has.get("batchnorm"):
         # batch norm divides out the weights' scale: shrinking them changes nothing downstream
