@@ -174,7 +174,10 @@ def test_chapter_is_a_textbook_chapter(path):
 # A stray control character in prose is a LaTeX command eaten by a string escape ("\text" written in a
 # Python string becomes a TAB and "ext"); a placeholder is a number someone meant to fill in.
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-PLACEHOLDER = re.compile(r"\b(?:[A-Z]+_)+(?:CONST|NUMBER|VALUE|TODO)\b|\b(?:TODO|FIXME|XXX|TBD)\b|\{\{\s*\w+\s*\}\}")
+# "[see NN_x]" is what the sources appendix prints for a number of another chapter when it runs outside the book;
+# inside the book it must never be stored.
+PLACEHOLDER = re.compile(r"\b(?:[A-Z]+_)+(?:CONST|NUMBER|VALUE|TODO)\b|\b(?:TODO|FIXME|XXX|TBD)\b|\{\{\s*\w+\s*\}\}"
+                         r"|\[see \d\d_\w+\]")
 
 
 def _prose_pages() -> list[tuple[str, str]]:
@@ -209,6 +212,7 @@ def test_prose_has_no_control_characters_or_placeholders(name, text):
 
 def test_the_prose_check_finds_what_it_is_for():
     assert CONTROL.search("(\text{gated update})") and PLACEHOLDER.search("only NUMBER_CONST of 64 pixels")
+    assert PLACEHOLDER.search("training error [see 08_residual] at depth 28")
     assert not CONTROL.search("two lines\nof prose") and not PLACEHOLDER.search("ReLU_6, MAX_NORM and a todo list")
 
 
@@ -223,6 +227,28 @@ def test_placeholder_in_an_output_or_caption_is_found(tmp_path, monkeypatch):
     [(name, text)] = _printed_pages()
     assert name == "99_fake.ipynb (outputs)"
     assert [m.group() for m in PLACEHOLDER.finditer(text)] == ["XXX", "NUMBER_CONST", "TODO"]
+
+
+def test_every_number_the_sources_appendix_quotes_has_its_tagged_cell():
+    """Each (chapter, a1-* tag) pair the appendix quotes names one committed cell that printed something, and no
+    chapter carries an a1-* tag the appendix does not read: a lost tag shows here, not only in the appendix's slow
+    strict output check."""
+    a1 = json.loads((ROOT / "chapters" / "a1_checking_sources.ipynb").read_text(encoding="utf-8"))
+    code = "\n".join("".join(c["source"]) for c in a1["cells"] if c["cell_type"] == "code")
+    quoted = set(re.findall(r'"(\d\d_\w+)",\s*"(a1-[\w-]+)"', code))
+    assert len(quoted) >= 10, quoted
+    tagged = set()
+    for path in CHAPTERS:
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            tagged |= {(path.stem, t) for t in cell.get("metadata", {}).get("tags", []) if t.startswith("a1-")}
+            for t in cell.get("metadata", {}).get("tags", []):
+                if (path.stem, t) in quoted:
+                    assert any(o.get("name") == "stdout" for o in cell.get("outputs", [])), f"{path.stem} [{t}] printed nothing"
+    assert not quoted - tagged, f"quoted by the appendix but tagged nowhere: {sorted(quoted - tagged)}"
+    assert not tagged - quoted, f"tagged but not quoted by the appendix: {sorted(tagged - quoted)}"
+    for chapter, tag in quoted:
+        cells = json.loads((ROOT / "chapters" / f"{chapter}.ipynb").read_text(encoding="utf-8"))["cells"]
+        assert sum(tag in c.get("metadata", {}).get("tags", []) for c in cells) == 1, f"{chapter} [{tag}] not unique"
 
 
 def test_references_parse_and_every_cited_key_exists():

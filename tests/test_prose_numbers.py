@@ -94,8 +94,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("13_checkup", "1.71"): "printed by ex-checkup-homogeneity's solution code (a markdown block, not a cell); re-run 2026-11-22",
     ("13_checkup", "0.43"): "printed by ex-checkup-homogeneity's solution code (a markdown block, not a cell); re-run 2026-11-22",
     ("13_checkup", "8.48"): "printed by ex-checkup-homogeneity's solution code (a markdown block, not a cell); re-run 2026-11-22",
-    ("a1_checking_sources", "1.43"): "Tesla K40 fp64 peak in TFLOPS, a vendor figure (nvidia2013k40); the code cell holds 1.43e12 FLOPS",
-    ("a1_checking_sources", "6.144"): "GTX TITAN X fp32 peak in TFLOPS, 3072 x 2 x 1.0 GHz (nvidia2015titanx); the code cell holds 6.144e12",
+    ("a1_checking_sources", "1.43"): "Tesla K40 fp64 peak in TFLOPS, vendor figure (nvidia2013k40), 12_hardware's table",
+    ("a1_checking_sources", "6.144"): "GTX TITAN X fp32 peak in TFLOPS, 3072 x 2 x 1.0 GHz (nvidia2015titanx), 12_hardware's table",
 }
 
 # Numbers the sentence itself works out from given constants: (expression, reason). The test redoes the arithmetic,
