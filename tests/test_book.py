@@ -272,9 +272,12 @@ def test_references_parse_and_every_cited_key_exists():
     from pybtex.database import parse_file
 
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    keys = set()
+    keys: set[str] = set()
     for bib in config["bibtex_bibfiles"]:
-        keys |= set(parse_file(str(ROOT / bib)).entries)
+        entries = set(parse_file(str(ROOT / bib)).entries)
+        # a key in two files is an error for sphinxcontrib-bibtex, which then drops later entries
+        assert not keys & entries, f"{bib} repeats keys of an earlier file: {sorted(keys & entries)}"
+        keys |= entries
     cited = set()
     pages = [_source(c) for p in NOTEBOOKS for c in json.loads(p.read_text())["cells"]
              if c["cell_type"] == "markdown"]
