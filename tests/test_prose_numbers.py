@@ -131,7 +131,6 @@ DERIVED: dict[tuple[str, str], tuple[str, str]] = {
     ("05_activations", "0.974"): ("(1 + sqrt(1 - 4 * 0.025)) / 2", "sigmoid output where sigma' = 0.025"),
     ("05_activations", "1.9998"): ("2 / (1 + 0.01**2)", "leaky-ReLU gain for alpha = 0.01"),
     ("05_activations", "1.4\\times10^{-45}"): ("2.0**-149", "smallest positive float32"),
-    ("06_initialization", "6.6"): ("sqrt(42.93)", "standard deviation sqrt(q*) for the printed q* = 42.93"),
     ("08_residual", "1.1"): ("1 + 0.1", "residual factor 1 + a for a = 0.1"),
     ("08_residual", "3.67"): ("sqrt(54) / 2", "binomial standard deviation, worked in the sentence"),
     ("09_lstm", "0.13"): ("0.98**100", "worked in the solution"),
