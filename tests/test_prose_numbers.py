@@ -54,6 +54,9 @@ def _solution(exercise: str) -> str:
     return f"printed by {exercise}'s solution code (a markdown block, not a cell); re-run under the pinned kernels 2026-12-01"
 
 
+RELU_ISO = ("printed by ex-init-relu-isometry's solution code (a markdown block); "
+            "re-run under the default and another-cpu kernels 2026-12-07")
+
 # (notebook stem, number exactly as written in the prose) -> why no cell prints it.
 ALLOWED: dict[tuple[str, str], str] = {
     ("02_recurrent_model", "0.95"): "the decay factor an exercise (ex-rnn-horizon) gives",
@@ -76,6 +79,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("06_initialization", "9.1\\times10^{-3}"): _solution("ex-init-yp-scan"),
     ("06_initialization", "3.5\\times10^{-3}"): _solution("ex-init-yp-scan"),
     ("06_initialization", "9.3\\times10^{-6}"): _solution("ex-init-yp-scan"),
+    ("06_initialization", "0.05"): RELU_ISO,
+    ("06_initialization", "0.04"): RELU_ISO,
+    ("06_initialization", "0.06"): RELU_ISO,
+    ("06_initialization", "0.03"): RELU_ISO,
+    ("06_initialization", "0.02"): RELU_ISO,
+    ("06_initialization", "5.1"): RELU_ISO,
+    ("06_initialization", "8.0"): RELU_ISO,
     ("07_normalization", "1.342"): _solution("ex-norm-batch-size"),
     ("07_normalization", "1.245"): _solution("ex-norm-batch-size"),
     ("07_normalization", "1.214"): _solution("ex-norm-batch-size"),
