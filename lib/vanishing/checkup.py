@@ -1350,17 +1350,15 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, ope
             parts.append(f"smallest layer/last gradient ratio {_fmt(smooth[at])} around "
                          f"{ordered[at]['name']} (median of five consecutive matrices; "
                          f"threshold {lo:g})")
+            # the robust line's first/last ratio: a steady decay over a short profile, which the
+            # median of five would blunt at the input end
+            trend = _trend([r["grad_ratio"] for r in ordered])
+            span = None if trend is None else trend ** (len(ordered) - 1)
             single = min(ordered, key=lambda r: r["grad_ratio"])
-            steady = _trend([r["grad_ratio"] for r in ordered])
-            if single["grad_ratio"] < lo <= smooth[at] and (
-                    steady is None or steady ** (len(ordered) - 1) >= lo):
+            if single["grad_ratio"] < lo <= smooth[at] and (span is None or span >= lo):
                 parts.append(f"smallest single ratio out of line with its neighbours, not a trend: "
                              f"{single['name']} at {_fmt(single['grad_ratio'])}")
-            trend = _trend([r["grad_ratio"] for r in ordered])
-            if trend is not None:
-                # the robust line's first/last ratio: a steady decay over a short profile, which the
-                # median of five would blunt at the input end
-                span = trend ** (len(ordered) - 1)
+            if trend is not None and span is not None:
                 parts.append(f"typical factor per weight matrix toward the input {trend:.3g}, "
                              f"{_fmt(span)} over {len(ordered)} matrices")
                 found |= span < lo
