@@ -138,6 +138,7 @@ def test_inits_have_their_variance():
     "kwargs, match",
     [
         (dict(depth=0), "depth must be a positive int"),
+        (dict(depth=True), r"depth must be a positive int, got True"),  # bool is not a count
         (dict(width=2.5), "width"),
         (dict(activation="swish"), "activation='swish' is unknown; allowed: sigmoid"),
         (dict(init="zeros"), "init='zeros' is unknown"),
@@ -342,3 +343,16 @@ def test_draw_batch_is_seeded_and_full_batch_is_the_set():
     a = train.draw_batch(x, y, 4, torch.Generator().manual_seed(1))
     b = train.draw_batch(x, y, 4, torch.Generator().manual_seed(1))
     assert a[0].shape == (4, 2) and torch.equal(a[0], b[0]) and torch.equal(a[0][:, 0] / 2, a[1].float())
+
+
+def test_integer_arguments_name_their_allowed_range():
+    """One check serves every count, size and seed: bounds named, bool refused, value returned."""
+    with pytest.raises(ValueError, match=r"seed: value must be an int in \[0, 4294967295\], got 4294967296"):
+        vg.seed(2**32)
+    with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, 8\], got 9"):
+        train.check_schedule(steps=1, eval_every=1, lr=0.1, optimizer="sgd", allowed=("sgd",), clip=None,
+                             batch_size=9, n=8)
+    with pytest.raises(ValueError, match=r"seed must be an int >= 0, got -1"):
+        data.first_input_recall(4, lag=3, seed=-1)
+    with pytest.raises(ValueError, match=r"lag must be a positive int, got 2.0"):
+        data.first_input_recall(4, lag=2.0)

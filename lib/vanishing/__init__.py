@@ -16,7 +16,8 @@ measurement core: each layer's forward signal, backward signal and weight
 gradient, kept apart, on any ``nn.Module``), :mod:`vanishing.train` (a small
 training loop), :mod:`vanishing.seeds` (medians and spreads over seeds),
 :mod:`vanishing.data` (tasks), :mod:`vanishing.recurrent` (sequence models) and
-:mod:`vanishing.plots` (the book's figure style). The chapters add one module
+:mod:`vanishing.plots` (the book's figure style), with :mod:`vanishing.checks` the one
+integer check they all use on their arguments. The chapters add one module
 each for their own machinery: :mod:`vanishing.precision` (number formats: where a
 shrinking product underflows, and what a format does on hardware),
 :mod:`vanishing.jacobians` and :mod:`vanishing.dynamics` (the prototypical

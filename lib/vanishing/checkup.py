@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from . import probes
+from .checks import integer
 
 __all__ = [
     "THRESHOLDS",
@@ -1014,8 +1015,7 @@ def checkup(
         or not math.isfinite(lr)
     ):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    integer("steps", steps, 0)
     if train is not None and not isinstance(train, bool):
         raise ValueError(f"train must be True, False or None, got {train!r}")
     if time_dim is not None and time_dim != "auto" and (

@@ -9,17 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .checks import integer
+
 __all__ = ["digits", "first_input_recall"]
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
 def _gen(seed: int) -> torch.Generator:
-    _check_int("seed", seed, 0)
+    integer("seed", seed, 0)
     return torch.Generator().manual_seed(seed)
 
 
@@ -34,7 +30,7 @@ def digits(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    _check_int("seed", seed, 0)
+    integer("seed", seed, 0)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -61,9 +57,9 @@ def first_input_recall(
     first symbol, so a model must carry it across the whole lag: chance is
     ``1/symbols``. Returns inputs (n, lag + 1, symbols) and labels (n,).
     """
-    _check_int("n", n, 1)
-    _check_int("lag", lag, 1)
-    _check_int("symbols", symbols, 2)
+    integer("n", n, 1)
+    integer("lag", lag, 1)
+    integer("symbols", symbols, 2)
     g = _gen(seed)
     seq = torch.randint(0, symbols, (n, lag + 1), generator=g)
     inputs = torch.nn.functional.one_hot(seq, symbols).float()

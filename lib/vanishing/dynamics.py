@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import integer
+
 __all__ = [
     "step",
     "simulate",
@@ -44,12 +46,6 @@ def _check_eps(eps: object) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps <= 1.0:
         raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
     return float(eps)
-
-
-def _check_steps(steps: object) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    return steps
 
 
 def _tensor(value: Number, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -84,7 +80,7 @@ def simulate(
     through the loop when the inputs require them.
     """
     eps = _check_eps(eps)
-    steps = _check_steps(steps)
+    steps = integer("steps", steps)
     x = _tensor(x0)
     x = x * torch.ones_like(_tensor(b) * _tensor(w))
     states = [x]
@@ -123,7 +119,7 @@ def sensitivities(
     times faster, which matters inside a gradient-descent loop.
     """
     eps = _check_eps(eps)
-    steps = _check_steps(steps)
+    steps = integer("steps", steps)
     w_, b_ = _tensor(w), _tensor(b)
     x = _tensor(x0) * torch.ones_like(b_ * w_)
     dx0 = torch.ones_like(x)
@@ -153,8 +149,7 @@ def fixed_points(*, w: float, b: float, grid: int = 20001) -> list[float]:
     Sign changes of x - σ(wx + b) on a fine grid are refined by bisection.
     A fixed point where the curve only touches zero (exactly at a fold) can be missed.
     """
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 3:
-        raise ValueError(f"grid must be an int >= 3, got {grid!r}")
+    integer("grid", grid, 3)
     w, b = float(w), float(b)
     g = lambda x: x - 1.0 / (1.0 + np.exp(-(w * x + b)))  # noqa: E731
     xs = np.linspace(1e-12, 1 - 1e-12, grid)
@@ -250,8 +245,7 @@ def descend(
     """
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be a positive int, got {iters!r}")
+    integer("iters", iters)
     if isinstance(clip, torch.Tensor):
         if bool((clip <= 0).any()):
             raise ValueError("clip must be positive (inf for no clipping) in every entry")

@@ -17,15 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checks import integer
+
 __all__ = [
     "surprise_sequences", "WindowPredictor", "train_predictor", "next_symbol_probs", "compress",
 ]
-
-
-def _int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def surprise_sequences(
@@ -41,12 +37,12 @@ def surprise_sequences(
     which key came) and the jumps, so the level above sees about ``2 + surprises``
     steps instead of ``length``. Returns one-hot inputs (n, length, keys + cycle) and labels (n,).
     """
-    _int("n", n, 1)
-    _int("keys", keys, 2)
-    _int("cycle", cycle, 2)
-    _int("surprises", surprises, 0)
-    _int("length", length, surprises + 2)
-    _int("seed", seed, 0)
+    integer("n", n, 1)
+    integer("keys", keys, 2)
+    integer("cycle", cycle, 2)
+    integer("surprises", surprises, 0)
+    integer("length", length, surprises + 2)
+    integer("seed", seed, 0)
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, keys, (n,), generator=g)
     jump = torch.zeros(n, length, dtype=torch.bool)
@@ -69,9 +65,9 @@ class WindowPredictor(nn.Module):
 
     def __init__(self, symbols: int, *, window: int = 1, hidden: int = 32):
         super().__init__()
-        _int("symbols", symbols, 2)
-        _int("window", window, 1)
-        _int("hidden", hidden, 1)
+        integer("symbols", symbols, 2)
+        integer("window", window, 1)
+        integer("hidden", hidden, 1)
         self.symbols, self.window = symbols, window
         self.net = nn.Sequential(
             nn.Linear(symbols * window, hidden), nn.Tanh(), nn.Linear(hidden, symbols)
@@ -103,8 +99,8 @@ def train_predictor(
     loss per step."""
     if not isinstance(model, WindowPredictor):
         raise ValueError(f"model must be a WindowPredictor, got {type(model).__name__}")
-    _int("steps", steps, 1)
-    _int("batch_size", batch_size, 1)
+    integer("steps", steps, 1)
+    integer("batch_size", batch_size, 1)
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)

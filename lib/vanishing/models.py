@@ -15,6 +15,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from .checks import integer
+
 __all__ = ["ACTIVATIONS", "INITS", "NORMS", "activation", "init_weights", "mlp", "MLP", "Block"]
 
 #: Activation names the builders accept, mapped to their module classes.
@@ -146,12 +148,6 @@ class MLP(nn.Module):
         return [cast(Block, b).linear for b in self.blocks] + [self.head]
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def mlp(
     *,
     in_features: int,
@@ -175,10 +171,10 @@ def mlp(
     keeps the signal's variance bounded (08_residual).
     The read-out layer gets the same initialization with a linear gain.
     """
-    _positive_int("in_features", in_features)
-    _positive_int("out_features", out_features)
-    _positive_int("depth", depth)
-    _positive_int("width", width)
+    integer("in_features", in_features)
+    integer("out_features", out_features)
+    integer("depth", depth)
+    integer("width", width)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
     if not callable(init) and init not in INITS:
@@ -264,8 +260,7 @@ def kumar_std(fan_in: int, activation: str = "sigmoid") -> float:
     logistic sigmoid (g(0) = 1/2, g'(0) = 1/4) this is 12.8/N, a standard
     deviation of about 3.58/sqrt(N).
     """
-    if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in < 1:
-        raise ValueError(f"fan_in must be a positive int, got {fan_in!r}")
+    integer("fan_in", fan_in)
     if activation == "relu":
         return math.sqrt(2.0 / fan_in)
     if activation not in ("sigmoid", "tanh", "gelu", "silu"):
@@ -292,8 +287,7 @@ def yilmaz_poli_mean(fan_in: int) -> float:
 
     N is the number of inputs a unit receives (the width of the layer below).
     """
-    if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in < 1:
-        raise ValueError(f"fan_in must be a positive int, got {fan_in!r}")
+    integer("fan_in", fan_in)
     return max(-1.0, -8.0 / fan_in)
 
 

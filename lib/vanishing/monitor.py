@@ -27,6 +27,7 @@ from torch import nn
 
 from . import checkup as _checkup
 from . import probes
+from .checks import integer
 
 __all__ = ["Monitor", "MonitorCallback", "STALL_RATIO"]
 
@@ -57,8 +58,7 @@ class Monitor:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = _checkup.eager(model)
         self.optimizer = _checkup.torch_optimizer(optimizer)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
+        integer("every", every)
         if stall_ratio is not None and (
                 isinstance(stall_ratio, bool) or not isinstance(stall_ratio, (int, float))
                 or not 0 < stall_ratio < 1):

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import integer
 from .probes import safe_norm
 
 __all__ = [
@@ -138,8 +139,7 @@ def repeated_product(
         or not math.isfinite(factor)
     ):
         raise ValueError(f"factor must be a finite number, got {factor!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    integer("steps", steps, 0)
     native = _native_mul(dtype)
     work = dtype if native else torch.float32
     dev = torch.device(device)
@@ -177,8 +177,7 @@ def underflow_steps(
     _check_format(fmt)
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
         raise ValueError(f"factor must be a number strictly between 0 and 1, got {factor!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    integer("max_steps", max_steps)
     values = repeated_product(factor, max_steps, fmt=fmt, device=device)
     normal = format_info(fmt)["smallest_normal"]
     sub = np.flatnonzero((values > 0) & (values < normal))
@@ -314,14 +313,8 @@ def time_call(
     asynchronously and an unsynchronized timer measures only the launch.
     The result depends on the machine and its load: never store it as a fixed number.
     """
-    for label, value in (("repeat", repeat), ("warmup", warmup)):
-        if (
-            isinstance(value, bool) or not isinstance(value, int)
-            or value < (1 if label == "repeat" else 0)
-        ):
-            raise ValueError(
-                f"{label} must be an int >= {1 if label == 'repeat' else 0}, got {value!r}"
-            )
+    integer("repeat", repeat)
+    integer("warmup", warmup, 0)
     sync = synchronizer(device)
     for _ in range(warmup):
         fn()
@@ -345,8 +338,7 @@ def matmul_throughput(
     Counts ``2 n^3`` operations per product (one multiply and one add per term),
     the convention vendors use for peak figures. Machine-dependent.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    integer("n", n)
     dtype = dtype_of(name)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)

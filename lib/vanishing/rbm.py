@@ -22,6 +22,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from .checks import integer
+
 __all__ = [
     "MAX_ENUMERATE",
     "RBM",
@@ -38,12 +40,6 @@ __all__ = [
 
 #: The largest number of units on one side that :func:`log_partition` enumerates (2**20 states).
 MAX_ENUMERATE = 20
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -73,8 +69,8 @@ class RBM(nn.Module):
     def __init__(self, visible: int, hidden: int, *, init_std: float = 0.01,
                  generator: torch.Generator | None = None):
         super().__init__()
-        _positive_int("visible", visible)
-        _positive_int("hidden", hidden)
+        integer("visible", visible)
+        integer("hidden", hidden)
         if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
             raise ValueError(f"init_std must be a non-negative number, got {init_std!r}")
         self.W = nn.Parameter(
@@ -116,7 +112,7 @@ class RBM(nn.Module):
     ) -> torch.Tensor:
         """Run ``steps`` sweeps of block Gibbs sampling v -> h -> v; returns binary visible
         samples."""
-        _positive_int("steps", steps)
+        integer("steps", steps)
         for _ in range(steps):
             h = _bernoulli(self.hidden_probs(v), generator)
             v = _bernoulli(self.visible_probs(h), generator)
@@ -153,10 +149,10 @@ def train_rbm(
     rbm._check(data, rbm.visible, "data")
     if float(data.min()) < 0 or float(data.max()) > 1:
         raise ValueError("data must lie in [0, 1] (probabilities or binary pixels)")
-    _positive_int("epochs", epochs)
+    integer("epochs", epochs)
     _positive_float("lr", lr)
-    _positive_int("k", k)
-    _positive_int("batch_size", batch_size)
+    integer("k", k)
+    integer("batch_size", batch_size)
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     if not weight_decay >= 0:
@@ -252,11 +248,7 @@ class DBN(nn.Module):
         """Propagate probabilities p(h|v) upward through the first ``layers`` RBMs (all by
         default)."""
         layers = len(self.rbms) if layers is None else layers
-        if (
-            isinstance(layers, bool) or not isinstance(layers, int)
-            or not 0 <= layers <= len(self.rbms)
-        ):
-            raise ValueError(f"layers must be an int in [0, {len(self.rbms)}], got {layers!r}")
+        integer("layers", layers, 0, len(self.rbms))
         for r in cast("Sequence[RBM]", self.rbms[:layers]):
             v = r.hidden_probs(v)
         return v
@@ -281,8 +273,8 @@ class DBN(nn.Module):
         ``start`` (states of the top RBM's visible layer) seeds the chains; by
         default they start from fair coin flips. Returns pixel probabilities.
         """
-        _positive_int("n", n)
-        _positive_int("gibbs_steps", gibbs_steps)
+        integer("n", n)
+        integer("gibbs_steps", gibbs_steps)
         top = cast(RBM, self.rbms[-1])
         if start is None:
             start = _bernoulli(torch.full((n, top.visible), 0.5, device=top.W.device), generator)
@@ -306,8 +298,10 @@ def train_dbn(
 
     ``kwargs`` go to :func:`train_rbm`. Returns the DBN and one history per layer.
     """
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes!r}")
+    if not sizes:
+        raise ValueError("sizes must be a non-empty list of positive ints, got an empty one")
+    for size in sizes:
+        integer("sizes: each entry", size)
     rbms, histories, x = [], [], data
     for size in sizes:
         r = RBM(x.shape[1], size, generator=generator).to(data.device)

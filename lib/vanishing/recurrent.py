@@ -12,6 +12,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from .checks import integer
+
 __all__ = [
     "CELLS", "SequenceModel", "rnn", "lstm_step", "lstm_trace", "cell_contributions",
     "input_grad_by_lag",
@@ -59,8 +61,7 @@ def rnn(
         raise ValueError(f"cell={cell!r} is unknown; allowed: {', '.join(CELLS)}")
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("output_size", output_size), ("num_layers", num_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        integer(name, value)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity={nonlinearity!r} is unknown; allowed: 'tanh', 'relu'")
     if forget_bias is not None and cell != "lstm":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import kernels
+from .checks import integer
 
 __all__ = [
     "seed", "device", "scale", "progress", "SCALES", "DEVICE_ENV", "SCALE_ENV", "THREADS_ENV",
@@ -51,8 +52,7 @@ def seed(value: int = 0) -> None:
     the order of floating-point reductions then no longer depends on the
     machine, so stored notebook outputs reproduce bit for bit.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-        raise ValueError(f"seed: value must be an int in [0, 2**32), got {value!r}")
+    integer("seed: value", value, 0, 2**32 - 1)
     threads = os.environ.get(THREADS_ENV, "1")
     if not threads.isdigit() or int(threads) < 1:
         raise ValueError(f"{THREADS_ENV} must be a positive integer, got {threads!r}")

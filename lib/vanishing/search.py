@@ -28,6 +28,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from .checks import integer
+
 __all__ = [
     "SearchResult",
     "flat_parameters",
@@ -71,12 +73,6 @@ def _check_model(model: object) -> None:
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not any(True for _ in model.parameters()):
         raise ValueError("model has no parameters to search over")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
@@ -152,7 +148,7 @@ def cross_entropy_fitness(
 
 
 def _check_common(max_evals: object, target: object) -> None:
-    _positive_int("max_evals", max_evals)
+    integer("max_evals", max_evals)
     if target is not None and not isinstance(target, (int, float)):
         raise ValueError(f"target must be a number or None, got {target!r}")
 
@@ -223,8 +219,8 @@ def evolution_strategy(
     """
     _check_model(model)
     _check_common(max_evals, target)
-    _positive_int("population", population)
-    _positive_int("parents", parents)
+    integer("population", population)
+    integer("parents", parents)
     if parents > population:
         raise ValueError(f"parents must be at most population={population}, got {parents!r}")
     if not sigma > 0:
@@ -308,7 +304,7 @@ def antithetic_es(
     """
     _check_model(model)
     _check_common(max_evals, target)
-    _positive_int("pairs", pairs)
+    integer("pairs", pairs)
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
     if not lr > 0:
@@ -369,7 +365,7 @@ def gradient_descent(
     ``optimizer`` is ``"adam"`` or ``"sgd"``.
     """
     _check_model(model)
-    _positive_int("max_steps", max_steps)
+    integer("max_steps", max_steps)
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     if optimizer not in ("adam", "sgd"):

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import models
 from . import train as train_mod
+from .checks import integer
 from .runtime import progress
 
 __all__ = [
@@ -473,8 +474,7 @@ def build_mlp(*, seed: int, **kwargs: Any) -> models.MLP:
     shift the random numbers of whatever runs next. The network is built on the CPU; move it
     with ``.to(device)``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    integer("seed", seed, 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return models.mlp(**kwargs)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .checks import integer
 from .probes import weight_names
 from .runtime import progress
 
@@ -32,8 +33,7 @@ def check_schedule(
 ) -> None:
     """Validate the arguments every training loop of the library shares, naming the bad one."""
     for name, value in (("steps", steps), ("eval_every", eval_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        integer(name, value)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if optimizer not in allowed:
@@ -42,10 +42,8 @@ def check_schedule(
         isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
     ):
         raise ValueError(f"clip must be a positive number or None, got {clip!r}")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n
-    ):
-        raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size!r}")
+    if batch_size is not None:
+        integer("batch_size", batch_size, 1, n)
 
 
 def draw_batch(
