@@ -700,6 +700,55 @@ def test_a_near_zero_head_gets_no_update_ratio(digits_batch):
     assert not report.verdicts["exploding"].found, report.summary()
 
 
+class _GeluByHand(nn.Module):
+    """A plain network with GPT-2's tanh GELU written out: x + 0.044715 x^3 is an addition of a
+    tensor to a function of itself with no weight on either path, not a skip connection."""
+
+    def __init__(self, shortcut: str | None = None):
+        super().__init__()
+        self.inp, self.a, self.b, self.head = (nn.Linear(8, 16), nn.Linear(16, 16),
+                                               nn.Linear(16, 16), nn.Linear(16, 3))
+        self.proj, self.shortcut = nn.Linear(16, 16), shortcut
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = 0.5 * h * (1 + torch.tanh(0.79788456 * (h + 0.044715 * torch.pow(h, 3))))
+        branch = self.b(torch.relu(self.a(h)))
+        if self.shortcut == "identity":
+            branch = branch + h
+        elif self.shortcut == "projection":
+            branch = branch + self.proj(h)
+        elif self.shortcut == "parallel":  # two one-weight paths: a sum, not a shortcut
+            branch = self.a(h) + self.proj(h)
+        return self.head(branch)
+
+
+@pytest.mark.parametrize("model, skip", [
+    (lambda: _mlp(residual=True), True),
+    (lambda: _mlp(), False),
+    (lambda: _GeluByHand(), False),
+    (lambda: _GeluByHand("identity"), True),
+    (lambda: _GeluByHand("projection"), True),
+    (lambda: _GeluByHand("parallel"), False),
+])
+def test_skip_connections_are_read_from_the_graph(model, skip):
+    net = model()
+    x = torch.randn(4, net.inp.in_features if hasattr(net, "inp") else 64)
+    assert checkup._skip_connection(net(x)) is skip
+
+
+def test_a_residual_network_is_not_told_to_add_residual_connections(digits_batch):
+    # review (issue 19): "add residual connections" was proposed to ResNets; a residual network
+    # that explodes is told to scale its branches instead
+    assert checkup._skip_connection(_resnet()(torch.randn(2, 3, 8, 8)))
+    report = checkup.checkup(_mlp(depth=30, activation="relu", init="he", residual=True),
+                             digits_batch, CE)
+    v = report.verdicts["exploding"]
+    assert v.found and v.fixes[2] == (checkup._BRANCH_SCALE, "08_residual"), v.fixes
+    fixes = checkup._fixes("vanishing", has={"residual": True}, saturating=False, in_time=False)
+    assert fixes and not any("residual" in f for f, _ in fixes)
+
+
 def test_patient_two_gets_the_initialization_first(digits_batch):
     v = checkup.checkup(_mlp(activation="relu"), digits_batch, CE).verdicts["vanishing"]
     assert v.found and [c for _, c in v.fixes] == [

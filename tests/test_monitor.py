@@ -109,6 +109,15 @@ def test_flat_but_tiny_is_seen_in_the_forward_signal(batch):
     assert v["fixes"][0]["chapter"] == "06_initialization"
 
 
+def test_a_residual_network_learns_its_fixes_from_its_first_pass(batch):
+    model = _net(depth=30, residual=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with monitor.Monitor(model, opt, every=1) as mon:
+        _train(model, opt, batch, 1)
+    v = mon.history[0]["verdicts"]["exploding"]
+    assert v["found"] and "residual branch" in v["fixes"][2]["fix"], v["fixes"]
+
+
 def test_nonfinite_gradient_is_found(batch):
     model = _net(depth=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

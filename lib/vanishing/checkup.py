@@ -33,7 +33,8 @@ Python data (:meth:`Report.to_dict`).
 Structures that real models use at their standard initialization are not
 alarms: weight matrices held at zero gradient by a zero-initialized head,
 residual branch or adapter; dead units on a batch too small to tell; fixes the
-model already has (normalization, gates) are not suggested. In-place and
+model already has (normalization, gates, skip connections: read from the pass's
+autograd graph, so functional code counts) are not suggested. In-place and
 sparse-gradient layers are measured like the others; gradient checkpointing
 is followed (a layer that ran but gets no gradient at all, as behind reentrant
 checkpointing, is a cut graph), and a ``torch.compile``'d model is measured
@@ -53,7 +54,7 @@ import copy
 import html
 import math
 import statistics
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -141,6 +142,8 @@ _RECONNECT = ("reconnect the graph: no .detach(), torch.no_grad() or .item() on 
               "loss; torch.utils.checkpoint with use_reentrant=False (the reentrant form passes "
               "no gradient to a block whose inputs do not require grad); or, if the cut is "
               "intended, freeze those layers with requires_grad_(False)", "13_checkup")
+_BRANCH_SCALE = ("scale each residual branch down (1/sqrt(depth), or zero-initialize its last "
+                 "layer)")
 _RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations")
 
 # What to try for each symptom, best first: (what to do, chapter). "vanishing in time" is a
@@ -173,7 +176,8 @@ _FIXES: dict[str, list[tuple[str, str]]] = {
         _RECTIFIER,
     ],
     "dead": [
-        ("use a leaky rectifier (LeakyReLU, GELU)", "05_activations"),
+        ("use a leaky rectifier (LeakyReLU, PReLU), whose slope below zero never vanishes",
+         "05_activations"),
         ("lower the learning rate (a large step kills units)", "04_loss_wall"),
         ("He initialization with zero biases", "06_initialization"),
         ("normalize pre-activations (batch norm centres every unit)", "07_normalization"),
@@ -215,6 +219,11 @@ def _fixes(
         fixes.insert(
             2, ("keep the recurrent matrix's spectral radius near 1", "02_recurrent_model")
         )
+    if has.get("residual"):  # it has them: a residual network explodes when its branches are
+        # too large, (1 + Var(branch))^depth
+        fixes = [f for f in fixes if not f[0].startswith("add residual connections")]
+        if symptom == "exploding":
+            fixes.insert(2, (_BRANCH_SCALE, "08_residual"))
     if symptom == "exploding" and has.get("batchnorm"):
         # batch norm divides out the weights' scale: shrinking them changes nothing downstream
         fixes = [f for f in fixes if not f[0].startswith("shrink the initial weights")]
@@ -687,6 +696,7 @@ class _Pass(NamedTuple):
     raw: set[str]  # modules that see the model's own input
     classes: int | None  # C, when the output is (N, C) logits scored against N class indices
     out_grads: dict[str, list]  # module -> subnormal entries, entries, dtype of its output's grad
+    skip: bool  # the graph adds a tensor to a weighted transform of itself (see _skip_connection)
 
 
 def _classes(output: Any, targets: Any) -> int | None:
@@ -755,6 +765,7 @@ def _forward_backward(
                 err.add_note("(raised by loss_fn(model output, targets) in the checkup)")
                 raise
             loss = probes.check_loss(loss)
+            skip = _skip_connection(output)
             leaf = probe.get("leaf", leaf)
             wanted = [p for _, p in params] + ([leaf] if leaf is not None else [])
             scaled = loss * scale if scale != 1.0 else loss
@@ -783,8 +794,65 @@ def _forward_backward(
         (grads[-1] if leaf is not None else None), probe.get("dim", time_dim),
         (recorder.order if recorder else []), rms,
         (recorder.raw if recorder else set()), _classes(output, targets),
-        (recorder.out_grads if recorder else {}),
+        (recorder.out_grads if recorder else {}), skip,
     )
+
+
+#: Autograd nodes that multiply by a weight: a matrix product or a convolution.
+_WEIGHT_NODES = ("AddmmBackward", "MmBackward", "BmmBackward", "BaddbmmBackward",
+                 "ConvolutionBackward", "LinearBackward", "MkldnnConvolutionBackward")
+
+
+def _skip_connection(output: Any, budget: int = 50_000) -> bool:
+    """Whether the model's autograd graph adds a tensor to a weighted transform of itself.
+
+    That is a residual connection, whatever the code calls it: x + f(x), or P x + f(x) with a
+    projection P on the shortcut, where f multiplies by more weights (matrix products,
+    convolutions) than the shortcut does. It is found in the graph, so functional code counts
+    too; a sum of two paths with equally many weights (a gate times a state, as in a hand-written
+    LSTM cell) or with none (x + 0.044715 x³ inside a tanh-approximated GELU) does not. Additions
+    are examined nearest the output first; the walk visits at most ``budget`` nodes and answers
+    False if it found none by then.
+    """
+    roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+    seen, queue, adds = set(roots), deque(roots), []
+    while queue and len(seen) < budget:
+        node = queue.popleft()
+        if type(node).__name__.startswith("AddBackward"):
+            adds.append(node)
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+
+    def weights_to(start: Any, limit: int) -> dict[Any, int]:
+        """Fewest weight nodes on a path from ``start`` (counted) to each node above it (not
+        counted), by a 0-1 breadth-first search."""
+        cost, todo = {start: 0}, deque([start])
+        while todo and len(cost) < limit:
+            node = todo.popleft()
+            weighted = type(node).__name__.startswith(_WEIGHT_NODES)
+            for nxt, _ in node.next_functions:
+                if nxt is None or type(nxt).__name__ == "AccumulateGrad":
+                    continue  # a parameter shared by both paths is no shortcut
+                c = cost[node] + weighted
+                if c < cost.get(nxt, c + 1):
+                    cost[nxt] = c
+                    (todo.append if weighted else todo.appendleft)(nxt)
+        return cost
+
+    left = budget - len(seen)
+    for node in adds:
+        operands = [n for n, _ in node.next_functions if n is not None]
+        if len(operands) != 2 or left <= 0:
+            continue
+        a, b = (weights_to(n, 4000) for n in operands)
+        left -= len(a) + len(b)
+        for common in a.keys() & b.keys():
+            short, long = sorted((a[common], b[common]))
+            if short < long and short <= 1:
+                return True
+    return False
 
 
 def eager(model: nn.Module) -> nn.Module:
@@ -827,12 +895,15 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return inner
 
 
-def _has(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, bool]:
+def _has(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         residual: bool = False) -> dict[str, bool]:
     """What the model already has, so that the fixes do not suggest it: recurrent cores, gated ones
-    (LSTM/GRU), normalization layers, batch norm (which makes the weights' scale irrelevant), and
-    an optimizer with steps of its own size."""
+    (LSTM/GRU), normalization layers, batch norm (which makes the weights' scale irrelevant), an
+    optimizer with steps of its own size, and skip connections (``residual``: found in a pass's
+    graph by :func:`_skip_connection`)."""
     mods = list(model.modules())
     return {
+        "residual": residual,
         "adaptive": isinstance(optimizer, _ADAPTIVE),
         "recurrent": any(isinstance(m, nn.RNNBase) for m in mods),
         "gated": any(isinstance(m, (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)) for m in mods),
@@ -1065,7 +1136,7 @@ def checkup(
                         scale=loss_scale, stash=True,
                     )
             (loss, grads, acts, xgrad, xdim, order, input_rms, raw_input, classes,
-             out_grads) = measured
+             out_grads, skip) = measured
             flushed = None
             # a sparse gradient (nn.Embedding(sparse=True)) is judged like the dense one it stands
             # for
@@ -1168,7 +1239,7 @@ def checkup(
                                        and r["grad_ratio"] < th["vanishing_ratio"])]
     gated = _gated(weak, gates, order, _containers(model))
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
-                      _has(model, optimizer), gated, lr=lr, opening=gates)
+                      _has(model, optimizer, residual=skip), gated, lr=lr, opening=gates)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
                   optimizer=None if optimizer is None else type(optimizer).__name__,
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,

@@ -76,6 +76,7 @@ class Monitor:
             raise ValueError("the optimizer updates none of the model's weight matrices")
         self._names = {m: n for n, m in model.named_modules()}
         self._has = _checkup._has(model, self.optimizer)
+        self._skip_known = False  # set by the first training pass (see _model_output)
         self._containers = _checkup._containers(model)
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -88,12 +89,14 @@ class Monitor:
         self._pending: dict[str, Any] | None = None
         # the forward hooks run eagerly also inside a torch.compile'd model (a graph break at
         # each): they keep Python state, which a compiled graph cannot hold
-        model_input, forward = (torch.compiler.disable(self._model_input),
-                                torch.compiler.disable(self._forward))
+        model_input, forward, output = (torch.compiler.disable(self._model_input),
+                                        torch.compiler.disable(self._forward),
+                                        torch.compiler.disable(self._model_output))
         self._handles = [
             self.optimizer.register_step_pre_hook(self._before),
             self.optimizer.register_step_post_hook(self._after),
             model.register_forward_pre_hook(model_input, with_kwargs=True),
+            model.register_forward_hook(output),
         ] + [m.register_forward_pre_hook(forward) for m in model.modules()
              if any(True for _ in m.parameters(recurse=False))]
 
@@ -103,6 +106,13 @@ class Monitor:
             return
         if not self.step % self.every and torch.is_grad_enabled():
             self._input_ids |= {id(t) for t in _checkup._tensors((args, kwargs))}
+
+    def _model_output(self, model: nn.Module, args: tuple, output: Any) -> None:
+        # once, from the first training pass's graph: whether the model has skip connections, so
+        # that its fixes do not propose them
+        if not self._skip_known and torch.is_grad_enabled() and not _checkup._RUNNING[0]:
+            self._has["residual"] = _checkup._skip_connection(output)
+            self._skip_known = True
 
     def _forward(self, module: nn.Module, args: tuple) -> None:
         # only the forward passes of monitored steps, and not evaluation passes (no grad) ...
