@@ -219,11 +219,12 @@ def _fixes(
         fixes.insert(
             2, ("keep the recurrent matrix's spectral radius near 1", "02_recurrent_model")
         )
-    if has.get("residual"):  # it has them: a residual network explodes when its branches are
-        # too large, (1 + Var(branch))^depth
+    if has.get("residual"):  # it has them. A residual network explodes when its branches are too
+        # large, (1 + Var(branch))^depth: scaling them is the structural fix, ranked first (in
+        # 13_checkup a 100 times lower rate still diverges where scaled branches are healthy)
         fixes = [f for f in fixes if not f[0].startswith("add residual connections")]
         if symptom == "exploding":
-            fixes.insert(2, (_BRANCH_SCALE, "08_residual"))
+            fixes.insert(0, (_BRANCH_SCALE, "08_residual"))
     if symptom == "exploding" and has.get("batchnorm"):
         # batch norm divides out the weights' scale: shrinking them changes nothing downstream
         fixes = [f for f in fixes if not f[0].startswith("shrink the initial weights")]
