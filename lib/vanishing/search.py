@@ -9,8 +9,8 @@ guessing with gradient methods the same way).
 
 * :func:`flat_parameters` / :func:`set_flat_parameters` - a model as a vector and back;
 * :func:`random_search` - draw every weight uniformly at random, keep the best guess;
-* :func:`evolution_strategy` - a (mu, lambda) strategy with elitism: mutate the
-  best vectors with Gaussian noise, keep the best children;
+* :func:`evolution_strategy` - a (mu + lambda) strategy: mutate the best vectors
+  with Gaussian noise, keep the best of parents and children together;
 * :func:`antithetic_es` - the evolution strategy of Salimans et al. (2017): estimate the
   gradient of the noise-smoothed fitness from mirrored pairs of perturbations and step along it;
 * :func:`accuracy_fitness` - the usual fitness: classification accuracy on a fixed set;
@@ -207,12 +207,14 @@ def evolution_strategy(
     target: float | None = None,
     seed: int = 0,
 ) -> SearchResult:
-    """A simple (mu, lambda) evolution strategy with elitism over the flattened weights.
+    """A simple (mu + lambda) evolution strategy over the flattened weights.
 
     Start from ``population`` uniform guesses in ``[-init_scale, init_scale)``;
     each generation keeps the ``parents`` fittest vectors seen so far and makes
     ``population`` children by adding Gaussian noise of standard deviation
-    ``sigma`` to parents chosen in turn. Selection uses nothing but fitness
+    ``sigma`` to parents chosen in turn. The next parents are chosen from the
+    parents and children together (plus selection, "+"; comma selection, ",",
+    would choose from the children only). Selection uses nothing but fitness
     values, so a vanishing gradient cannot slow it; what slows it is a fitness
     landscape that is flat in every direction the noise explores.
     The model is left holding the best vector found.
