@@ -57,6 +57,9 @@ def _solution(exercise: str) -> str:
 RELU_ISO = ("printed by ex-init-relu-isometry's solution code (a markdown block); "
             "re-run under the default and another-cpu kernels 2026-12-07")
 
+EX_HIER_WEAK = ("printed by ex-hier-compress-threshold's solution code (a markdown block, not a cell); "
+                "re-run under the pinned kernels 2026-12-07")
+
 # (notebook stem, number exactly as written in the prose) -> why no cell prints it.
 ALLOWED: dict[tuple[str, str], str] = {
     ("02_recurrent_model", "0.95"): "the decay factor an exercise (ex-rnn-horizon) gives",
@@ -93,6 +96,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("08_residual", "4.62%"): "the pre-activation ResNet's CIFAR-10 test error (1001 layers), quoted and cited",
     ("08_residual", "1.5"): "an illustrative branch derivative in (1.5)^50, the example of an exploding residual product",
     ("10_hierarchies", "0.99"): "a threshold an exercise (ex-hier-compress-threshold) asks about",
+    ("10_hierarchies", "1.86"): EX_HIER_WEAK,
+    ("10_hierarchies", "0.63"): EX_HIER_WEAK,
     ("11_beyond_gradient", "1.2"): "Rprop's standard eta+ (Riedmiller and Braun; torch.optim.Rprop's default), cited",
     ("11_beyond_gradient", "3.45e-02"): "printed by ex-beyond-scale's solution code (a markdown block, not a cell); re-run 2026-11-22",
     ("12_hardware", "0.000000003"): "the source text's wrong value of 0.25**19, quoted to correct it",

@@ -369,7 +369,10 @@ def init_from_dbn(model: nn.Module, dbn: DBN) -> None:
     Block i gets the weights W and hidden biases of RBM i, so the network's
     forward pass computes the DBN's upward probabilities; the remaining blocks
     and the read-out keep their initialization. This is the "pretrain, then
-    fine-tune" starting point of Hinton et al. (2006) and Bengio et al. (2007).
+    fine-tune by backpropagation" starting point of Hinton and Salakhutdinov
+    (2006) and Bengio et al. (2007); Hinton, Osindero and Teh (2006), who
+    introduced the DBN, fine-tuned it instead as a generative model with a
+    contrastive version of the wake-sleep algorithm.
     """
     if not isinstance(dbn, DBN):
         raise ValueError(f"dbn must be a DBN, got {type(dbn).__name__}")
