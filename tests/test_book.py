@@ -56,7 +56,7 @@ def test_binder_is_in_step_with_requirements():
     assert binder["torch"] == main["torch"] + "+cpu", "Binder must use the CPU build of the pinned torch"
     assert "download.pytorch.org/whl/cpu" in (ROOT / "binder" / "requirements.txt").read_text()
     tools = ("pytest", "pytest-xdist", "nbval", "hypothesis", "playwright", "ruff", "mypy", "pypdf",
-             "transformers")  # test-only: the checkup's zoo; Binder readers do not need it
+             "transformers")  # the checkup's zoo: tests, and chapter 13, which installs it on demand
     runtime = {k: v for k, v in main.items() if k not in tools}
     for name, version in runtime.items():
         if name == "torch":
@@ -150,6 +150,22 @@ def test_glossary_terms_are_linked_at_first_use():
     assert not missing, f"glossary terms used but not linked (run python tools/link_glossary.py): {missing}"
 
 
+def test_every_glossary_term_is_linked_from_some_page():
+    # a headword the chapters spell differently ("CEC" for "constant error carousel") is never
+    # linked, and the test above cannot see it
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import link_glossary
+    finally:
+        sys.path.pop(0)
+    linked = set()
+    for path in sorted((ROOT / "chapters").glob("*")):
+        if path.suffix in (".ipynb", ".md") and path.name not in link_glossary.SKIP_PAGES:
+            linked |= link_glossary.already_linked(link_glossary._page_text(path))
+    unused = [t for t in link_glossary.glossary_terms() if t.lower() not in linked]
+    assert not unused, f"glossary terms no page links: {unused}"
+
+
 CHAPTERS = [p for p in NOTEBOOKS if p.name[:2].isdigit()]
 
 
@@ -174,7 +190,10 @@ def test_chapter_is_a_textbook_chapter(path):
 # A stray control character in prose is a LaTeX command eaten by a string escape ("\text" written in a
 # Python string becomes a TAB and "ext"); a placeholder is a number someone meant to fill in.
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-PLACEHOLDER = re.compile(r"\b(?:[A-Z]+_)+(?:CONST|NUMBER|VALUE|TODO)\b|\b(?:TODO|FIXME|XXX|TBD)\b|\{\{\s*\w+\s*\}\}")
+# "[see NN_x]" is what the sources appendix prints for a number of another chapter when it runs outside the book;
+# inside the book it must never be stored.
+PLACEHOLDER = re.compile(r"\b(?:[A-Z]+_)+(?:CONST|NUMBER|VALUE|TODO)\b|\b(?:TODO|FIXME|XXX|TBD)\b|\{\{\s*\w+\s*\}\}"
+                         r"|\[see \d\d_\w+\]")
 
 
 def _prose_pages() -> list[tuple[str, str]]:
@@ -209,6 +228,7 @@ def test_prose_has_no_control_characters_or_placeholders(name, text):
 
 def test_the_prose_check_finds_what_it_is_for():
     assert CONTROL.search("(\text{gated update})") and PLACEHOLDER.search("only NUMBER_CONST of 64 pixels")
+    assert PLACEHOLDER.search("training error [see 08_residual] at depth 28")
     assert not CONTROL.search("two lines\nof prose") and not PLACEHOLDER.search("ReLU_6, MAX_NORM and a todo list")
 
 
@@ -225,14 +245,39 @@ def test_placeholder_in_an_output_or_caption_is_found(tmp_path, monkeypatch):
     assert [m.group() for m in PLACEHOLDER.finditer(text)] == ["XXX", "NUMBER_CONST", "TODO"]
 
 
+def test_every_number_the_sources_appendix_quotes_has_its_tagged_cell():
+    """Each (chapter, a1-* tag) pair the appendix quotes names one committed cell that printed something, and no
+    chapter carries an a1-* tag the appendix does not read: a lost tag shows here, not only in the appendix's slow
+    strict output check."""
+    a1 = json.loads((ROOT / "chapters" / "a1_checking_sources.ipynb").read_text(encoding="utf-8"))
+    code = "\n".join("".join(c["source"]) for c in a1["cells"] if c["cell_type"] == "code")
+    quoted = set(re.findall(r'"(\d\d_\w+)",\s*"(a1-[\w-]+)"', code))
+    assert len(quoted) >= 10, quoted
+    tagged = set()
+    for path in CHAPTERS:
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            tagged |= {(path.stem, t) for t in cell.get("metadata", {}).get("tags", []) if t.startswith("a1-")}
+            for t in cell.get("metadata", {}).get("tags", []):
+                if (path.stem, t) in quoted:
+                    assert any(o.get("name") == "stdout" for o in cell.get("outputs", [])), f"{path.stem} [{t}] printed nothing"
+    assert not quoted - tagged, f"quoted by the appendix but tagged nowhere: {sorted(quoted - tagged)}"
+    assert not tagged - quoted, f"tagged but not quoted by the appendix: {sorted(tagged - quoted)}"
+    for chapter, tag in quoted:
+        cells = json.loads((ROOT / "chapters" / f"{chapter}.ipynb").read_text(encoding="utf-8"))["cells"]
+        assert sum(tag in c.get("metadata", {}).get("tags", []) for c in cells) == 1, f"{chapter} [{tag}] not unique"
+
+
 def test_references_parse_and_every_cited_key_exists():
     # a merge once left an entry unclosed: the build failed on it, and no test had noticed
     from pybtex.database import parse_file
 
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    keys = set()
+    keys: set[str] = set()
     for bib in config["bibtex_bibfiles"]:
-        keys |= set(parse_file(str(ROOT / bib)).entries)
+        entries = set(parse_file(str(ROOT / bib)).entries)
+        # a key in two files is an error for sphinxcontrib-bibtex, which then drops later entries
+        assert not keys & entries, f"{bib} repeats keys of an earlier file: {sorted(keys & entries)}"
+        keys |= entries
     cited = set()
     pages = [_source(c) for p in NOTEBOOKS for c in json.loads(p.read_text())["cells"]
              if c["cell_type"] == "markdown"]

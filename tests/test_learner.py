@@ -19,7 +19,7 @@ notebooks and their stored outputs are never touched):
 By default (the README's test command, CI) both run the shortest chapter
 (03_dynamical_system, about 7 s at ``small`` scale). The slower check, kept out
 of the default run, walks every chapter both ways (the sum of all chapters'
-times, twice: the README's table of chapter times sums to 532 s)::
+times, twice: the README's table of chapter times sums to 544 s)::
 
     python -m pytest tests/test_learner.py --learner-chapters all
 

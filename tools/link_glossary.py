@@ -3,6 +3,9 @@
     python tools/link_glossary.py          # rewrite chapters: first plain use -> {term}`...`
     python tools/link_glossary.py --check  # list what is missing; exit 1 if anything is
 
+It also lists the glossary's headwords that no page uses or links (a term the
+chapters spell differently is never linked).
+
 The terms are those of chapters/glossary.md. In each chapter (notebooks and
 Markdown pages) the first occurrence of a term in running prose - not in a
 heading, code, math, link, role or directive option - becomes a ``{term}``
@@ -117,17 +120,33 @@ def process(path: Path, terms: list[str], write: bool) -> list[str]:
     return sorted(done - before)
 
 
+def _page_text(path: Path) -> str:
+    """The prose of one page: a notebook's markdown cells, or a Markdown file."""
+    if path.suffix == ".ipynb":
+        nb = nbformat.read(path, as_version=4)
+        return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    return path.read_text()
+
+
 def main() -> int:
     check = "--check" in sys.argv[1:]
     terms = glossary_terms()
     missing = False
+    used: set[str] = set()  # terms some page links (or would link, with --check)
     for path in sorted(CHAPTERS.glob("*")):
         if path.suffix not in (".ipynb", ".md") or path.name in SKIP_PAGES:
             continue
         linked = process(path, terms, write=not check)
+        used |= already_linked(_page_text(path)) | set(linked)
         if linked:
             missing = True
             print(f"{path.name}: {'unlinked' if check else 'linked'} first use of {', '.join(linked)}")
+    # A headword no page uses is never linked: a term the chapters spell differently, or one
+    # they dropped. Rename it to the chapters' wording, link it by hand, or remove it.
+    unused = [t for t in terms if t.lower() not in used]
+    if unused:
+        missing = True
+        print(f"glossary.md: no page uses or links {', '.join(unused)}")
     return 1 if (check and missing) else 0
 
 

@@ -80,6 +80,10 @@ SATURATING, RECTIFIERS = probes.SATURATING, probes.RECTIFIERS
 #: The symptoms a report judges, in the order it lists them.
 SYMPTOMS = ("vanishing", "exploding", "saturation", "dead", "underflow", "nonfinite", "stalled")
 
+#: Nonzero while a checkup runs: a :class:`vanishing.monitor.Monitor` attached to the same model
+#: ignores the checkup's passes (and those of its copies), which are no training steps.
+_RUNNING = [0]
+
 #: Largest update-to-weight ratio of a step at which training is called stalled: about a
 #: hundredth of the 1e-3 that a healthy SGD or Adam step typically takes.
 STALL_RATIO = 1e-5
@@ -124,7 +128,7 @@ _CHAPTERS = {
     "dead": "05_activations",
     "underflow": "12_hardware",
     "nonfinite": "12_hardware",
-    "stalled": "04_loss_wall",
+    "stalled": "13_checkup",
 }
 
 _NORMALIZE = ("normalize pre-activations (batch or layer norm)", "07_normalization")
@@ -134,7 +138,8 @@ _ATTENTION = ("keep the attention logits moderate: scale by 1/sqrt(head size), n
 # graph between it and the loss is cut. No vanishing factor does that; an operation does.
 _RECONNECT = ("reconnect the graph: no .detach(), torch.no_grad() or .item() on the path to the "
               "loss; torch.utils.checkpoint with use_reentrant=False (the reentrant form passes "
-              "no gradient to a block whose inputs do not require grad)", "13_checkup")
+              "no gradient to a block whose inputs do not require grad); or, if the cut is "
+              "intended, freeze those layers with requires_grad_(False)", "13_checkup")
 _RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations")
 
 # What to try for each symptom, best first: (what to do, chapter). "vanishing in time" is a
@@ -143,10 +148,9 @@ _RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activation
 _FIXES: dict[str, list[tuple[str, str]]] = {
     "vanishing in time": [
         ("use a gated cell (LSTM/GRU) with a positive forget-gate bias", "09_lstm"),
-        ("initialize the recurrent matrix orthogonally (spectral radius near 1)",
-         "03_dynamical_system"),
+        ("initialize the recurrent matrix orthogonally (spectral radius near 1)", "04_loss_wall"),
         ("shorten the lag the gradient must cross, or give it a direct path (attention)",
-         "02_recurrent_model"),
+         "09_lstm"),
     ],
     # the initialization first: it sets each layer's factor, and the cheapest change; a residual
     # connection added to a network whose blocks are badly scaled can make it explode (13_checkup)
@@ -200,14 +204,15 @@ def _fixes(
     if symptom == "vanishing" and in_time:
         fixes = list(_FIXES["vanishing in time"])
         if has.get("gated"):
-            fixes[0] = ("raise the forget-gate bias (chrono initialization, b = ln(T))", "09_lstm")
+            fixes[0] = ("raise the forget-gate bias (b = ln(T / ln 2) keeps half the signal over T "
+                        "steps)", "09_lstm")
         return fixes
     fixes = list(_FIXES[symptom])
     if symptom == "vanishing" and saturating:
         fixes.insert(0, _RECTIFIER)
     if symptom == "exploding" and has.get("recurrent"):
         fixes.insert(
-            2, ("keep the recurrent matrix's spectral radius near 1", "03_dynamical_system")
+            2, ("keep the recurrent matrix's spectral radius near 1", "02_recurrent_model")
         )
     if symptom == "exploding" and has.get("batchnorm"):
         # batch norm divides out the weights' scale: shrinking them changes nothing downstream
@@ -532,7 +537,7 @@ class _Recorder:
         self.raw: set[str] = set()
         self.input_ids: set[int] = set()
         # gradients at float16/bfloat16 outputs of modules with parameters (autocast): module name
-        # -> [entries lost to the dtype's range, entries, dtype name]
+        # -> [subnormal entries, entries, dtype name]
         self.out_grads: dict[str, list] = {}
         self.handles = []
         # set once the model's forward pass has returned: a module that runs again afterwards is
@@ -578,12 +583,12 @@ class _Recorder:
         name, tiny = self.names[module], torch.finfo(output.dtype).tiny
 
         def count(grad: torch.Tensor) -> None:
-            # entries below the normal range but not zero; a gradient that is zero everywhere
-            # counts whole: in float32 it would be tiny, not zero (a flush leaves no subnormals)
+            # entries below the normal range but not zero: stored with fewer significant bits, at
+            # the edge of being flushed. (An all-zero gradient is not counted: a zero-initialized
+            # head or branch and a dead layer give one legitimately.)
             a = grad.detach().abs()
             total = self.out_grads.setdefault(name, [0, 0, str(grad.dtype).replace("torch.", "")])
-            nonzero = int((a > 0).sum())
-            total[0] += int(((a > 0) & (a < tiny)).sum()) if nonzero else a.numel()
+            total[0] += int(((a > 0) & (a < tiny)).sum())
             total[1] += a.numel()
 
         output.register_hook(count)
@@ -693,9 +698,14 @@ def _classes(output: Any, targets: Any) -> int | None:
 
 
 def _forward_backward(
-    model, inputs, targets, loss_fn, recorder_threshold, time_dim, record=True, scale=1.0
+    model, inputs, targets, loss_fn, recorder_threshold, time_dim, record=True, scale=1.0,
+    stash=False,
 ):
     """One forward and backward pass of ``scale * loss``, as a :class:`_Pass`.
+
+    The gradients come from :func:`torch.autograd.grad`, which leaves ``.grad`` alone; with
+    ``stash=True`` from ``backward()`` instead, with every ``.grad`` field saved before and put
+    back after (reentrant gradient checkpointing refuses ``autograd.grad``).
 
     An error raised by the model or by ``loss_fn`` reaches the caller as it was raised, with a
     note saying where the checkup called it.
@@ -746,9 +756,19 @@ def _forward_backward(
             loss = probes.check_loss(loss)
             leaf = probe.get("leaf", leaf)
             wanted = [p for _, p in params] + ([leaf] if leaf is not None else [])
-            grads = torch.autograd.grad(
-                loss * scale if scale != 1.0 else loss, wanted, allow_unused=True
-            )
+            scaled = loss * scale if scale != 1.0 else loss
+            if stash:
+                saved = [t.grad for t in wanted]
+                try:
+                    for t in wanted:
+                        t.grad = None
+                    scaled.backward()
+                    grads = tuple(t.grad for t in wanted)
+                finally:
+                    for t, g in zip(wanted, saved, strict=True):
+                        t.grad = g
+            else:
+                grads = torch.autograd.grad(scaled, wanted, allow_unused=True)
     finally:
         if recorder is not None:
             recorder.remove()
@@ -799,6 +819,10 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
         raise ValueError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
+    if isinstance(inner, torch.optim.LBFGS):
+        raise ValueError("optimizer: LBFGS evaluates a closure inside step(), so its gradients "
+                         "come after a monitor's hook and a measured step cannot give it one; "
+                         "use the checkup with plain SGD's estimate (lr=) instead")
     return inner
 
 
@@ -966,7 +990,8 @@ def checkup(
     user's own optimizer over the model's parameters, replaces plain SGD at
     ``lr``: the update-to-weight ratios (and the ``steps``) are those of a copy
     of it, its state included (Adam's moments), stepped on a copy of the model
-    with the measured gradients; the original is not stepped.
+    with the measured gradients; the original is not stepped (the copy costs the
+    model's and the optimizer state's memory once more).
 
     The model comes back exactly as it went in: parameters, buffers, ``.grad``,
     hooks, training flags and random-number-generator states.
@@ -1019,14 +1044,26 @@ def checkup(
         {p.device.index for p in model.parameters() if p.device.type == "cuda"} - {None}
     )
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    _RUNNING[0] += 1
     with torch.random.fork_rng(devices=devices), probes.preserved(model, train):
         try:
             # the float32 reference then sees the same dropout
-            with torch.random.fork_rng(devices=devices):
-                measured = _forward_backward(
-                    model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
-                    scale=loss_scale,
-                )
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    measured = _forward_backward(
+                        model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
+                        scale=loss_scale,
+                    )
+            except RuntimeError as err:
+                if "incompatible with .grad()" not in str(err):
+                    raise
+                # reentrant gradient checkpointing (use_reentrant=True) works only with
+                # backward(): the pass again, from the same random state, into stashed .grad
+                with torch.random.fork_rng(devices=devices):
+                    measured = _forward_backward(
+                        model, inputs, targets, loss_fn, th["saturation_derivative"], tdim,
+                        scale=loss_scale, stash=True,
+                    )
             (loss, grads, acts, xgrad, xdim, order, input_rms, raw_input, classes,
              out_grads) = measured
             flushed = None
@@ -1047,6 +1084,7 @@ def checkup(
             losses = (_train_losses(model, optimizer, inputs, targets, loss_fn, lr, steps)
                       if steps else [])
         finally:
+            _RUNNING[0] -= 1
             with torch.no_grad():
                 for n, b in model.named_buffers():
                     if n in buffers:
@@ -1130,7 +1168,7 @@ def checkup(
                                        and r["grad_ratio"] < th["vanishing_ratio"])]
     gated = _gated(weak, gates, order, _containers(model))
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
-                      _has(model, optimizer), gated, lr=lr)
+                      _has(model, optimizer), gated, lr=lr, opening=gates)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
                   optimizer=None if optimizer is None else type(optimizer).__name__,
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
@@ -1213,13 +1251,17 @@ def _trend(ratios: list[float]) -> float | None:
     return math.exp(statistics.median(slopes)) if slopes else None
 
 
-def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None
+def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, opening=()
            ) -> dict[str, Verdict]:
     """Turn the measurements into one :class:`Verdict` per symptom (also for
     :class:`vanishing.monitor.Monitor`, which passes ``loss=None``: it judges gradients only).
-    ``lr`` is the largest learning rate of the step whose update ratios the rows hold."""
+    ``lr`` is the largest learning rate of the step whose update ratios the rows hold;
+    ``opening``: parameters at or near zero whose gradient is not (gates that this step opens)."""
     lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
-    saturating = any(a["saturated"] is not None for a in acts)
+    # the rectifier fix only where sigmoid/tanh-like units are the network's own activation, not
+    # one tanh (BERT's pooler) among many GELUs
+    saturating = (sum(a["saturated"] is not None for a in acts)
+                  > sum(a["dead"] is not None for a in acts))
     # Weight matrices whose all-zero gradient a zero-initialized gate explains (a zero head,
     # residual branch or adapter; see _gated): the standard starting point, not a vanishing
     # gradient; the gradient reaches them after the gate's first update.
@@ -1308,13 +1350,18 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None
             parts.append(f"smallest layer/last gradient ratio {_fmt(smooth[at])} around "
                          f"{ordered[at]['name']} (median of five consecutive matrices; "
                          f"threshold {lo:g})")
+            # the robust line's first/last ratio: a steady decay over a short profile, which the
+            # median of five would blunt at the input end
+            trend = _trend([r["grad_ratio"] for r in ordered])
+            span = None if trend is None else trend ** (len(ordered) - 1)
             single = min(ordered, key=lambda r: r["grad_ratio"])
-            if single["grad_ratio"] < lo <= smooth[at]:
+            if single["grad_ratio"] < lo <= smooth[at] and (span is None or span >= lo):
                 parts.append(f"smallest single ratio out of line with its neighbours, not a trend: "
                              f"{single['name']} at {_fmt(single['grad_ratio'])}")
-            trend = _trend([r["grad_ratio"] for r in ordered])
-            if trend is not None:
-                parts.append(f"typical factor per weight matrix toward the input {trend:.3g}")
+            if trend is not None and span is not None:
+                parts.append(f"typical factor per weight matrix toward the input {trend:.3g}, "
+                             f"{_fmt(span)} over {len(ordered)} matrices")
+                found |= span < lo
             found |= smooth[at] < lo
         saturated_attention = False
         if hot:
@@ -1404,8 +1451,7 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None
         if outs:
             low = max(outs, key=lambda r: r["out_subnormal"])
             evidence += (f"; backward signal at layer outputs in {low['out_dtype']} (autocast): "
-                         f"largest share subnormal or flushed (all zero) "
-                         f"{low['out_subnormal']:.2f} at "
+                         f"largest share of entries subnormal {low['out_subnormal']:.2f} at "
                          f"{low['name'].rpartition('.')[0]}")
             found |= low["out_subnormal"] > th["underflow_share"]
         verdict("underflow", found, evidence)
@@ -1433,7 +1479,14 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None
         verdict("stalled", None, "no finite update-to-weight ratio")
     else:
         top = max(ups)
-        verdict("stalled", top < th["stalled_update"],
-                f"largest update/weight ratio of the step {_fmt(top)} "
-                f"(threshold {th['stalled_update']:g})")
+        evidence = (f"largest update/weight ratio of the step {_fmt(top)} "
+                    f"(threshold {th['stalled_update']:g})")
+        if top < th["stalled_update"] and opening:
+            # a zero-initialized head, branch or adapter: its own step is what moves first, and
+            # the layers behind it follow once it has opened; no ratio to its size exists
+            verdict("stalled", False,
+                    f"{evidence}, but {len(opening)} parameters that start at or near zero move "
+                    f"on this step (first: {opening[0]}), opening the layers behind them")
+        else:
+            verdict("stalled", top < th["stalled_update"], evidence)
     return out

@@ -46,7 +46,8 @@ class Monitor:
     (non-finite gradients) never reaches the optimizer and is not counted. On a monitored step
     the monitor holds one copy of the weight matrices until the step is taken. Optimizers that
     evaluate a closure inside ``step()`` (``LBFGS``) compute their gradients after the step's
-    pre-hook, and are refused.
+    pre-hook, and are refused. On a ``torch.compile``'d model the monitor's forward hooks run
+    eagerly, outside the compiled graph, which then breaks at every layer on every step.
     """
 
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 50,
@@ -56,9 +57,6 @@ class Monitor:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = _checkup.eager(model)
         self.optimizer = _checkup.torch_optimizer(optimizer)
-        if isinstance(self.optimizer, torch.optim.LBFGS):
-            raise ValueError("optimizer: LBFGS computes its gradients inside step(), after the "
-                             "monitor's hook; use the checkup on its model instead")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if stall_ratio is not None and (
@@ -101,14 +99,17 @@ class Monitor:
 
     # ---- hooks ---------------------------------------------------------------------------------
     def _model_input(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        if _checkup._RUNNING[0]:  # a checkup's pass on this model or its copy: no training step
+            return
         if not self.step % self.every and torch.is_grad_enabled():
             self._input_ids |= {id(t) for t in _checkup._tensors((args, kwargs))}
 
     def _forward(self, module: nn.Module, args: tuple) -> None:
         # only the forward passes of monitored steps, and not evaluation passes (no grad) ...
-        if self.step % self.every:
+        name = self._names.get(module)
+        # not a monitored step, a checkup's pass, or a module of a copy that shares the hook
+        if self.step % self.every or _checkup._RUNNING[0] or name is None:
             return
-        name = self._names[module]
         # ... except that a layer which ran at all fixes its place in the forward order:
         # reentrant checkpointing runs its blocks without grad, and a layer that ran but gets no
         # gradient is cut off from the loss
@@ -163,7 +164,9 @@ class Monitor:
     def _record(self, pending: dict[str, Any]) -> None:
         rms = {n: math.sqrt(s / c) for n, (s, c) in self._input_ms.items()
                if c and n not in self._raw}
-        names = _checkup._forward_order(list(self._weights), self._order)
+        # parameters frozen since the monitor attached (requires_grad_(False)) are not measured
+        names = _checkup._forward_order(
+            [n for n, p in self._weights.items() if p.requires_grad], self._order)
         order = self._order
         ran = self._ran
         self._input_ms, self._order, self._raw, self._input_ids = {}, [], set(), set()
@@ -194,7 +197,7 @@ class Monitor:
                 or (r["grad_ratio"] is not None and r["grad_ratio"] < lo)]
         gated = _checkup._gated(weak, pending["gates"], order, self._containers)
         verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has, gated,
-                                   lr=pending["lr"])
+                                   lr=pending["lr"], opening=pending["gates"])
         verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite", "stalled")}
         for s, v in verdicts.items():
             if v.found and s not in self.first_seen:
