@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from .checks import integer
+from .train import check_schedule
 
 __all__ = [
     "CELLS", "SequenceModel", "rnn", "lstm_step", "lstm_trace", "cell_contributions",
-    "input_grad_by_lag",
+    "input_grad_by_lag", "side_by_side_logits", "train_side_by_side",
 ]
 
 CELLS = ("rnn", "lstm", "gru")
@@ -179,3 +180,132 @@ def input_grad_by_lag(
         raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
     (g,) = torch.autograd.grad(loss, x)
     return g.norm(dim=2).mean(dim=0).flip(0).detach()
+
+
+# --- Many small recurrent models trained side by side, as one batched computation. ---
+
+def side_by_side_logits(
+    params: dict[str, torch.Tensor], x: torch.Tensor, cell: str, nonlinearity: str = "tanh"
+) -> torch.Tensor:
+    """Logits of K stacked one-layer sequence models on ``x`` of shape (K, batch, time, features).
+
+    ``params[name]`` stacks the K models' parameters along a new first axis (names as in
+    ``named_parameters()``). Each slice follows PyTorch's equations for ``nn.RNN``, ``nn.LSTM``
+    or ``nn.GRU``, so that model k computes what its own module computes; batching the K models
+    into one matrix product per step is what makes a sweep over seeds fast on a CPU.
+    """
+    if cell not in CELLS:
+        raise ValueError(f"cell={cell!r} is unknown; allowed: {', '.join(CELLS)}")
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity={nonlinearity!r} is unknown; allowed: 'tanh', 'relu'")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (models, batch, time, features), got {tuple(x.shape)}")
+    act = torch.relu if nonlinearity == "relu" else torch.tanh
+    w_ih = params["core.weight_ih_l0"].transpose(1, 2)
+    w_hh = params["core.weight_hh_l0"].transpose(1, 2)
+    h = x.new_zeros(x.shape[0], x.shape[1], w_hh.shape[1])
+    both = params["core.bias_ih_l0"] + params["core.bias_hh_l0"]  # RNN and LSTM add the two biases
+    if cell == "rnn":
+        pre = x @ w_ih[:, None] + both[:, None, None]
+        for z in pre.unbind(2):  # h_t = act(W h_{t-1} + U x_t + b), every model at once
+            h = act(torch.baddbmm(z, h, w_hh))
+    elif cell == "lstm":
+        pre = x @ w_ih[:, None] + both[:, None, None]
+        c = h
+        for z in pre.unbind(2):
+            i, f, g, o = torch.baddbmm(z, h, w_hh).chunk(4, dim=-1)  # PyTorch's gate order
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+    else:  # GRU, PyTorch's convention: h_t = (1 - z_t) n_t + z_t h_{t-1}
+        pre = x @ w_ih[:, None] + params["core.bias_ih_l0"][:, None, None]
+        H = h.shape[-1]
+        for z in pre.unbind(2):
+            zh = torch.baddbmm(params["core.bias_hh_l0"][:, None], h, w_hh)
+            r, u = torch.sigmoid(z[..., :2 * H] + zh[..., :2 * H]).chunk(2, dim=-1)  # reset, update
+            n = torch.tanh(z[..., 2 * H:] + r * zh[..., 2 * H:])
+            h = n + u * (h - n)  # = (1 - u) n + u h
+    return torch.baddbmm(params["head.bias"][:, None], h, params["head.weight"].transpose(1, 2))
+
+
+def train_side_by_side(
+    models: list[SequenceModel],
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    lrs: list[float],
+    generators: list[torch.Generator],
+    batch_size: int = 64,
+    clip: float | None = 1.0,
+) -> list[float]:
+    """Train K one-layer models of one cell type with Adam, side by side, in place.
+
+    Model k trains on ``data[k]`` with minibatches drawn by ``generators[k]``, its gradient
+    norm clipped at ``clip`` on its own, and Adam at rate ``lrs[k]``: what
+    :func:`vanishing.train.train` with ``optimizer="adam"`` would do to it alone, up to float
+    rounding (which a long run can amplify into a different network, another draw of the same
+    experiment). Returns the rate each model's Adam parameter group actually held, in the
+    order of ``models``, so that a caller can check that its grid was applied.
+    """
+    if not models or not all(isinstance(m, SequenceModel) for m in models):
+        raise ValueError("models must be a non-empty list of SequenceModel")
+    core = models[0].core
+    cell = {nn.RNN: "rnn", nn.LSTM: "lstm", nn.GRU: "gru"}.get(type(core))
+    if cell is None or core.num_layers != 1 or any(
+        type(m.core) is not type(core) or m.core.num_layers != 1
+        or getattr(m.core, "nonlinearity", None) != getattr(core, "nonlinearity", None)
+        for m in models
+    ):
+        raise ValueError("models must all be one-layer models of one cell type and nonlinearity")
+    K = len(models)
+    for name, value in (("data", data), ("lrs", lrs), ("generators", generators)):
+        if len(value) != K:
+            raise ValueError(f"{name} must have one entry per model ({K}), got {len(value)}")
+    n = len(data[0][0])
+    if any(len(x) != n or len(y) != n for x, y in data):
+        raise ValueError("data: every model's (inputs, targets) must have the same number of rows")
+    check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
+                   clip=clip, batch_size=batch_size, n=n)
+    if any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 for lr in lrs):
+        raise ValueError(f"lrs must be positive numbers, got {lrs!r}")
+    nonlinearity = getattr(core, "nonlinearity", "tanh")
+    names = [k for k, _ in models[0].named_parameters()]
+    rates = sorted(set(lrs))  # one stacked leaf per rate, so that one Adam holds a group per rate
+    members = [[k for k, lr in enumerate(lrs) if lr == rate] for rate in rates]
+    order = [k for m in members for k in m]
+    leaves = [{name: torch.stack([dict(models[k].named_parameters())[name].detach() for k in m])
+               .clone().requires_grad_() for name in names} for m in members]
+    x = torch.stack([data[k][0] for k in order])
+    y = torch.stack([data[k][1] for k in order])
+    gens = [generators[k] for k in order]
+    opt = torch.optim.Adam([{"params": list(leaf.values()), "lr": rate}
+                            for leaf, rate in zip(leaves, rates, strict=True)])
+    rows = torch.arange(K, device=x.device)[:, None]
+    for _ in range(steps):
+        p = leaves[0] if len(leaves) == 1 else {
+            name: torch.cat([leaf[name] for leaf in leaves]) for name in names}
+        idx = torch.stack([torch.randint(0, n, (batch_size,), generator=g, device="cpu")
+                           for g in gens]).to(x.device)  # as train.draw_batch draws them
+        logits = side_by_side_logits(p, x[rows, idx], cell, nonlinearity)
+        # the sum of the models' mean losses: each model's parameters get its own gradient
+        loss = nn.functional.cross_entropy(
+            logits.flatten(0, 1), y[rows, idx].flatten(), reduction="sum") / batch_size
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            for leaf in leaves:  # each model's gradient norm clipped, as clip_grad_norm_ does
+                grads = {name: q.grad for name, q in leaf.items() if q.grad is not None}
+                norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()])
+                norm = norm.sum(0).sqrt()
+                scale = (clip / (norm + 1e-6)).clamp(max=1.0)
+                # out of place: autograd may hand two leaves views of one buffer
+                for name, g in grads.items():
+                    leaf[name].grad = g * scale.view(-1, *[1] * (g.dim() - 1))
+        opt.step()
+    used = [0.0] * K
+    with torch.no_grad():
+        for leaf, m, group in zip(leaves, members, opt.param_groups, strict=True):
+            for j, k in enumerate(m):
+                used[k] = float(group["lr"])
+                for name, q in models[k].named_parameters():
+                    q.copy_(leaf[name][j])
+    return used
