@@ -3,13 +3,14 @@
     python bench/bench_checkup.py [--device cpu|cuda] [--repeats 20]
 
 Builds mid-sized models (a 12-layer, 512-wide ReLU MLP with batch normalization, about 3 million
-parameters, and a 6-block transformer encoder of width 256, about 5 million) and times, on the same batch:
+parameters; a ResNet-style CNN of torchvision's basic blocks with in-place ReLUs, about 2.8 million;
+and a 6-block transformer encoder of width 256, about 5 million) and times, on the same batch:
 
 * one ordinary training step (zero_grad, forward, backward, SGD step);
 * one checkup (forward with activation hooks, backward via autograd.grad, per-layer statistics);
 * for float16 on CUDA (or bfloat16 on CPU), one checkup with its float32 reference pass;
-* the training monitor (:class:`vanishing.monitor.Monitor`): steps of the float32 MLP with and
-  without it, alternated three times (best of three each), monitoring every step (the cost of one
+* the training monitor (:class:`vanishing.monitor.Monitor`): steps of the float32 MLP and of the
+  CNN with and without it, alternated three times (best of three each), monitoring every step (the cost of one
   monitored step) and every 50 steps (``--monitor-steps`` steps), and the overhead in percent.
 
 It prints a table of median times and the checkup/step ratio. A benchmark prints; it is never a timed test.
@@ -62,6 +63,38 @@ class Encoder(nn.Module):
         return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block: two 3x3 convolutions with batch norm, in-place ReLUs, and an
+    identity shortcut (a strided 1x1 convolution where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.branch = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.branch(x) + self.shortcut(x))
+
+
+def resnet(widths: tuple[int, ...] = (64, 128, 256), classes: int = 10) -> nn.Sequential:
+    """A CIFAR-sized ResNet: a 3x3 stem, two basic blocks per width (the first strided after the first
+    stage), global average pooling and a linear read-out; He (fan-out) initialization as torchvision's."""
+    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                               nn.ReLU(inplace=True)]
+    for i, w in enumerate(widths):
+        c_in = widths[max(i - 1, 0)]
+        layers += [BasicBlock(c_in, w, 1 if i == 0 else 2), BasicBlock(w, w)]
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], classes))
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
 def cases(device: torch.device):
     """(name, model, batch, dtype) for each model measured."""
     vg.seed(0)
@@ -69,6 +102,9 @@ def cases(device: torch.device):
                      norm="batch").to(device)
     x, y = torch.randn(256, 256, device=device), torch.randint(0, 10, (256,), device=device)
     yield "MLP 12x512, batch norm", mlp, (x, y), torch.float32
+    cnn = resnet().to(device)
+    images = torch.randn(32, 3, 32, 32, device=device)
+    yield "ResNet-style CNN, 32x32 images", cnn, (images, torch.randint(0, 10, (32,), device=device)), torch.float32
     enc = Encoder().to(device)
     tokens = torch.randint(0, 1000, (32, 128), device=device)
     yield "transformer 6x256, seq 128", enc, (tokens, torch.randint(0, 1000, (32,), device=device)), torch.float32
@@ -103,9 +139,10 @@ def measure(name: str, model: nn.Module, batch, dtype: torch.dtype, device: torc
         print(f"{name + ' (no reference)':30s} {'':>8s} {'':>11s} {t_noref * 1e3:7.1f}ms {t_noref / t_step:6.2f}")
 
 
-def measure_monitor(steps: int, every: int, device: torch.device) -> None:
-    """Time ``steps`` training steps of the MLP with and without a Monitor; print the overhead."""
-    _, model, (x, y), _ = next(iter(cases(device)))
+def measure_monitor(case: int, steps: int, every: int, device: torch.device) -> None:
+    """Time ``steps`` training steps of model number ``case`` with and without a Monitor; print the
+    overhead."""
+    name, model, (x, y), _ = list(cases(device))[case]
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
     def run(watched: bool) -> float:
@@ -130,7 +167,7 @@ def measure_monitor(steps: int, every: int, device: torch.device) -> None:
         watched.append(run(True))
     a, b = min(plain), min(watched)
     kind = "CPU" if device.type == "cpu" else "wall"
-    print(f"\nmonitor every {every} steps, {steps} steps of the MLP ({kind} time, best of 3): "
+    print(f"\nmonitor every {every} steps, {steps} steps of the {name} ({kind} time, best of 3): "
           f"{a:.2f} s without, {b:.2f} s with, overhead {100 * (b - a) / a:+.1f}%")
 
 
@@ -152,8 +189,9 @@ def main() -> None:
         measure(name, model, batch, dtype, device, args.repeats)
     if args.monitor_steps:
         # every step monitored: the cost of one monitored step, which every=50 spreads over 50
-        measure_monitor(max(args.monitor_steps // 10, 5), 1, device)
-        measure_monitor(args.monitor_steps, 50, device)
+        for case in (0, 1):  # the MLP and the CNN
+            measure_monitor(case, max(args.monitor_steps // 10, 5), 1, device)
+            measure_monitor(case, args.monitor_steps, 50, device)
 
 
 if __name__ == "__main__":
