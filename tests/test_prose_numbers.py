@@ -59,6 +59,8 @@ RELU_ISO = ("printed by ex-init-relu-isometry's solution code (a markdown block)
 
 EX_HIER_WEAK = ("printed by ex-hier-compress-threshold's solution code (a markdown block, not a cell); "
                 "re-run under the pinned kernels 2026-12-07")
+SECOND_PASS = ("printed by the solution code of {} (a markdown block); re-run under the default and another-cpu "
+               "kernels 2026-12-07")
 
 # (notebook stem, number exactly as written in the prose) -> why no cell prints it.
 ALLOWED: dict[tuple[str, str], str] = {
@@ -89,6 +91,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("06_initialization", "0.02"): RELU_ISO,
     ("06_initialization", "5.1"): RELU_ISO,
     ("06_initialization", "8.0"): RELU_ISO,
+    ("06_initialization", "0.86"): SECOND_PASS.format("ex-init-dropout-symmetry"),
+    ("06_initialization", "0.52"): SECOND_PASS.format("ex-init-dropout-symmetry"),
+    ("06_initialization", "0.63"): SECOND_PASS.format("ex-init-dropout-symmetry"),
+    ("06_initialization", "0.079"): SECOND_PASS.format("ex-init-dropout-symmetry"),
+    ("06_initialization", "0.16"): SECOND_PASS.format("ex-init-dropout-symmetry"),
+    ("06_initialization", "0.35"): SECOND_PASS.format("ex-init-depth-scale"),
+    ("06_initialization", "0.36"): SECOND_PASS.format("ex-init-depth-scale"),
     ("07_normalization", "0.041"): _solution("ex-norm-gamma"),
     ("05_activations", "0.752"): "the root of GELU' that ex-act-gelu-negative's solution code prints (sp.nsolve: -0.7518)",
     ("08_residual", "7.93%"): "He et al.'s CIFAR-10 test error (1202 layers), quoted and cited",
