@@ -142,8 +142,9 @@ _RECONNECT = ("reconnect the graph: no .detach(), torch.no_grad() or .item() on 
               "loss; torch.utils.checkpoint with use_reentrant=False (the reentrant form passes "
               "no gradient to a block whose inputs do not require grad); or, if the cut is "
               "intended, freeze those layers with requires_grad_(False)", "13_checkup")
-_BRANCH_SCALE = ("scale each residual branch down (1/sqrt(depth), or zero-initialize its last "
-                 "layer)")
+_BRANCH_SCALE = ("scale each residual branch down until the update/weight ratio is below 1 "
+                 "(about 1/sqrt(depth) for blocks at PyTorch's default scale, 1/depth for "
+                 "He-scaled ones), or zero-initialize its last layer")
 _RECTIFIER = ("replace sigmoid/tanh by a rectifier (ReLU, GELU)", "05_activations")
 
 # What to try for each symptom, best first: (what to do, chapter). "vanishing in time" is a
@@ -221,7 +222,8 @@ def _fixes(
         )
     if has.get("residual"):  # it has them. A residual network explodes when its branches are too
         # large, (1 + Var(branch))^depth: scaling them is the structural fix, ranked first (in
-        # 13_checkup a 100 times lower rate still diverges where scaled branches are healthy)
+        # 13_checkup's patient two, scaled default-init branches are healthy; a lower learning rate
+        # does not remove an oversized network's growth)
         fixes = [f for f in fixes if not f[0].startswith("add residual connections")]
         if symptom == "exploding":
             fixes.insert(0, (_BRANCH_SCALE, "08_residual"))
