@@ -57,6 +57,9 @@ def _solution(exercise: str) -> str:
 RELU_ISO = ("printed by ex-init-relu-isometry's solution code (a markdown block); "
             "re-run under the default and another-cpu kernels 2026-12-07")
 
+EX_NORM_WARMUP = ("printed by ex-norm-warmup's solution code (a markdown block, not a cell); "
+                  "re-run under the pinned kernels 2026-12-07")
+
 EX_NORM_CONV = ("printed by ex-norm-conv's solution code (a markdown block, not a cell); "
                 "re-run under the pinned kernels 2026-12-07")
 
@@ -93,6 +96,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("06_initialization", "5.1"): RELU_ISO,
     ("06_initialization", "8.0"): RELU_ISO,
     ("07_normalization", "0.041"): _solution("ex-norm-gamma"),
+    ("07_normalization", "0.064"): EX_NORM_WARMUP,
+    ("07_normalization", "0.091"): EX_NORM_WARMUP,
     ("07_normalization", "1.169"): EX_NORM_CONV,
     ("07_normalization", "1.167"): EX_NORM_CONV,
     ("07_normalization", "1.185"): EX_NORM_CONV,
