@@ -58,10 +58,10 @@ RELU_ISO = ("printed by ex-init-relu-isometry's solution code (a markdown block)
             "re-run under the default and another-cpu kernels 2026-12-07")
 
 EX_NORM_WARMUP = ("printed by ex-norm-warmup's solution code (a markdown block, not a cell); "
-                  "re-run under the pinned kernels 2026-12-07")
+                  "re-run under the pinned and another-cpu kernels 2026-12-07")
 
 EX_NORM_CONV = ("printed by ex-norm-conv's solution code (a markdown block, not a cell); "
-                "re-run under the pinned kernels 2026-12-07")
+                "re-run under the pinned and another-cpu kernels 2026-12-07")
 
 EX_HIER_WEAK = ("printed by ex-hier-compress-threshold's solution code (a markdown block, not a cell); "
                 "re-run under the pinned kernels 2026-12-07")
