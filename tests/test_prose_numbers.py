@@ -57,6 +57,12 @@ def _solution(exercise: str) -> str:
 RELU_ISO = ("printed by ex-init-relu-isometry's solution code (a markdown block); "
             "re-run under the default and another-cpu kernels 2026-12-07")
 
+EX_NORM_WARMUP = ("printed by ex-norm-warmup's solution code (a markdown block, not a cell); "
+                  "re-run under the pinned and another-cpu kernels 2026-12-07")
+
+EX_NORM_CONV = ("printed by ex-norm-conv's solution code (a markdown block, not a cell); "
+                "re-run under the pinned and another-cpu kernels 2026-12-07")
+
 EX_HIER_WEAK = ("printed by ex-hier-compress-threshold's solution code (a markdown block, not a cell); "
                 "re-run under the pinned kernels 2026-12-07")
 SECOND_PASS = ("printed by the solution code of {} (a markdown block); re-run under the default and another-cpu "
@@ -99,6 +105,16 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("06_initialization", "0.35"): SECOND_PASS.format("ex-init-depth-scale"),
     ("06_initialization", "0.36"): SECOND_PASS.format("ex-init-depth-scale"),
     ("07_normalization", "0.041"): _solution("ex-norm-gamma"),
+    ("07_normalization", "0.064"): EX_NORM_WARMUP,
+    ("07_normalization", "0.091"): EX_NORM_WARMUP,
+    ("07_normalization", "1.169"): EX_NORM_CONV,
+    ("07_normalization", "1.167"): EX_NORM_CONV,
+    ("07_normalization", "1.185"): EX_NORM_CONV,
+    ("07_normalization", "1.165"): EX_NORM_CONV,
+    ("07_normalization", "1.193"): EX_NORM_CONV,
+    ("07_normalization", "1.164"): EX_NORM_CONV,
+    ("07_normalization", "1.179"): EX_NORM_CONV,
+    ("07_normalization", "1.170"): EX_NORM_CONV,
     ("05_activations", "0.752"): "the root of GELU' that ex-act-gelu-negative's solution code prints (sp.nsolve: -0.7518)",
     ("08_residual", "7.93%"): "He et al.'s CIFAR-10 test error (1202 layers), quoted and cited",
     ("08_residual", "6.43%"): "He et al.'s CIFAR-10 test error (110 layers), quoted and cited",
