@@ -17,9 +17,9 @@ notebooks and their stored outputs are never touched):
   docstring for what is substituted for the network, and why).
 
 By default (the README's test command, CI) both run the shortest chapter
-(03_dynamical_system, about 7 s at ``small`` scale). The slower check, kept out
+(03_dynamical_system, about 9 s at ``small`` scale). The slower check, kept out
 of the default run, walks every chapter both ways (the sum of all chapters'
-times, twice: the README's table of chapter times sums to 544 s)::
+times, twice: the README's table of chapter times sums to 566 s)::
 
     python -m pytest tests/test_learner.py --learner-chapters all
 
@@ -50,7 +50,7 @@ import learner_ui  # noqa: E402  (tools/ is not a package)
 sys.path.pop(0)
 # The `jupyter` command the install puts beside this Python (the one the README tells a learner to type).
 JUPYTER = str(Path(sys.executable).parent / "jupyter")
-# The shortest chapter at small scale (README, Measurements: 7.2 s alone), with figures.
+# The shortest chapter at small scale (README, Measurements: 8.9 s alone), with figures.
 SHORTEST = "03_dynamical_system"
 RUN_SECONDS = 900  # one chapter's "run all", generous for a loaded machine (the budget alone is 60 s)
 BINDER_MB = 2048  # Binder's memory limit, for the server and its kernel together
