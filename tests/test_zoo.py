@@ -91,6 +91,60 @@ def test_saturated_attention_is_judged():
     assert report.verdicts["vanishing"].found, report.summary()
 
 
+def _saturate_fused(model, attr, scale=300.0):
+    """Multiply the query and key thirds of every fused projection named ``attr``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(attr):
+                # nn.MultiheadAttention stores (3 x width, width); GPT-2's Conv1D (in, 3 x width)
+                fused = p if attr == "in_proj_weight" else p.t()
+                fused[:2 * fused.shape[0] // 3].mul_(scale)
+    return model
+
+
+class _Encoder(nn.Module):
+    """A pre-LN encoder on nn.MultiheadAttention, whose in_proj_weight fuses query, key, value."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.body = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.head(self.body(self.embed(x)).mean(1))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "multihead"])
+def test_saturated_attention_behind_a_fused_projection_is_judged(arch):
+    # a fused (query, key, value) matrix's gradient is carried by its value third; judged whole,
+    # a saturated softmax behind it went unseen. Its query and key thirds are judged on their own.
+    vg.seed(0)
+    if arch == "gpt2":
+        build, x, y = ZOO["gpt2"]
+        model, loss_fn, attr = build(), _loss, "c_attn.weight"
+    else:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(16, 10, 8, generator=g), torch.randint(0, 5, (16,), generator=g)
+        model, loss_fn, attr = _Encoder(), nn.functional.cross_entropy, "in_proj_weight"
+    assert checkup.checkup(model, (x, y), loss_fn).verdicts["vanishing"].found is False
+    _saturate_fused(model, attr)
+    evidence = checkup.checkup(model, (x, y), loss_fn).verdicts["vanishing"].evidence
+    assert "the attention's softmax saturates" in evidence
+    assert f"{attr}[query]" in evidence or f"{attr}[key]" in evidence
+    # the monitor reads the same thirds from the live gradient
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = monitor.Monitor(model, opt, every=1)
+    loss_fn(model(**x) if isinstance(x, dict) else model(x), y).backward()
+    opt.step()
+    assert "vanishing" in mon.found
+    assert "the attention's softmax saturates" in mon.history[-1]["verdicts"]["vanishing"][
+        "evidence"]
+    mon.remove()
+
+
 def test_layer_scale_gates_are_recognized():
     # ConvNeXt starts each block's branch behind a layer scale of 1e-6: its depthwise convolution's
     # gradient is 1e-8 of the head's, by design

@@ -948,10 +948,47 @@ GATE_SCALE = 1e-4
 _QUERY_KEY = ("query", "key", "q_proj", "k_proj", "q_lin", "k_lin", "to_q", "to_k", "wq", "wk")
 
 
+#: Names of fused projections that compute queries, keys and values in one matrix, stacked in
+#: that order along the output: nn.MultiheadAttention's in_proj_weight, timm's qkv, GPT-2's c_attn
+#: (a transformers Conv1D, which stores its weight as (in, out)), MosaicML's Wqkv.
+_FUSED_QKV = ("in_proj_weight", "qkv", "c_attn", "qkv_proj", "Wqkv")
+
+
+def _query_key_thirds(module: nn.Module | None, name: str) -> bool | None:
+    """How parameter ``name`` of ``module`` holds fused attention projections: ``False`` for
+    (3 x out, in), ``True`` for transposed (in, 3 x out), ``None`` if it is not one."""
+    owner, _, leaf = name.rpartition(".")
+    if isinstance(module, nn.MultiheadAttention) and leaf == "in_proj_weight":
+        return False
+    if leaf != "weight" or owner.rpartition(".")[2] not in _FUSED_QKV:
+        return None
+    if isinstance(module, nn.Linear):
+        return False
+    return True if type(module).__name__ == "Conv1D" else None
+
+
+def _thirds(tensor: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query and key parts, each (out, in), of a fused (query, key, value) weight or its
+    gradient (see :func:`_query_key_thirds`)."""
+    t = tensor.detach().t() if transposed else tensor.detach()
+    e = t.shape[0] // 3
+    return t[:e], t[e:2 * e]
+
+
+def _query_key_part(name: str, part: str, weight: torch.Tensor, grad_norm: float | None,
+                   last_norm: float | None) -> dict[str, Any]:
+    """A row for the query or key third of a fused projection: judged by the query/key rule
+    like a separate projection (the whole matrix stays in the depth profile)."""
+    return {"name": f"{name}[{part}]", "shape": list(weight.shape), "query_key": True,
+            "weight_norm": probes.safe_norm(weight), "grad_ratio": _ratio(grad_norm, last_norm)}
+
+
 def _names_query_key(row: dict[str, Any]) -> bool:
-    """A weight matrix named as an attention query or key projection."""
+    """A weight matrix named as an attention query or key projection, or such a part of a fused
+    one."""
     module = row["name"].rpartition(".")[0]
-    return module.rpartition(".")[2] in _QUERY_KEY and len(row["shape"]) == 2
+    return (row.get("query_key", False)
+            or (module.rpartition(".")[2] in _QUERY_KEY and len(row["shape"]) == 2))
 
 
 def _is_query_key(row: dict[str, Any]) -> bool:
@@ -1233,6 +1270,16 @@ def checkup(
                 row["flushed"] = float(((ref > 0) & (ref < tiny)).float().mean())
         layers.append(row)
 
+    modules = dict(model.named_modules())
+    parts = []  # the query and key thirds of fused projections
+    for n in weights:
+        transposed = _query_key_thirds(modules.get(n.rpartition(".")[0]), n)
+        if transposed is None or grads[n] is None or params[n].shape[transposed] % 3:
+            continue
+        for part, w, g in zip(("query", "key"), _thirds(params[n], transposed),
+                              _thirds(grads[n], transposed), strict=True):
+            parts.append(_query_key_part(n, part, w, probes.safe_norm(g), last_norm))
+
     time_profile = None
     if xgrad is not None:
         time_profile = [probes.safe_norm(step) for step in xgrad.movedim(xdim, 0)]
@@ -1242,7 +1289,8 @@ def checkup(
                                        and r["grad_ratio"] < th["vanishing_ratio"])]
     gated = _gated(weak, gates, order, _containers(model))
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
-                      _has(model, optimizer, residual=skip), gated, lr=lr, opening=gates)
+                      _has(model, optimizer, residual=skip), gated, lr=lr, opening=gates,
+                      parts=parts)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
                   optimizer=None if optimizer is None else type(optimizer).__name__,
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
@@ -1325,12 +1373,13 @@ def _trend(ratios: list[float]) -> float | None:
     return math.exp(statistics.median(slopes)) if slopes else None
 
 
-def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, opening=()
-           ) -> dict[str, Verdict]:
+def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, opening=(),
+           parts=()) -> dict[str, Verdict]:
     """Turn the measurements into one :class:`Verdict` per symptom (also for
     :class:`vanishing.monitor.Monitor`, which passes ``loss=None``: it judges gradients only).
     ``lr`` is the largest learning rate of the step whose update ratios the rows hold;
-    ``opening``: parameters at or near zero whose gradient is not (gates that this step opens)."""
+    ``opening``: parameters at or near zero whose gradient is not (gates that this step opens);
+    ``parts``: the query and key thirds of fused projections (:func:`_query_key_part`)."""
     lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
     # the rectifier fix only where sigmoid/tanh-like units are the network's own activation, not
     # one tanh (BERT's pooler) among many GELUs
@@ -1346,7 +1395,9 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, ope
                 if r["grad_ratio"] is not None and r not in blocked and r not in attention]
     # query/key matrices large enough to saturate the attention's softmax: judged on their own, as
     # a pair of them would not survive the neighbours' median of the depth profile
-    hot = [r for r in measured if _names_query_key(r)]
+    hot = [r for r in measured if _names_query_key(r)] + [
+        r for r in parts if r["grad_ratio"] is not None and not _is_query_key(r)
+        and r["name"].rpartition("[")[0] not in gated]
     out: dict[str, Verdict] = {}
 
     def verdict(symptom, found, evidence, *, in_time=False, forward=False, cut=False,

@@ -75,6 +75,11 @@ class Monitor:
         if not self._weights:
             raise ValueError("the optimizer updates none of the model's weight matrices")
         self._names = {m: n for n, m in model.named_modules()}
+        modules = dict(model.named_modules())
+        # fused (query, key, value) projections, split for the query/key rule as in the checkup
+        self._fused = {n: t for n, p in self._weights.items()
+                       if (t := _checkup._query_key_thirds(modules.get(n.rpartition(".")[0]), n))
+                       is not None and not p.shape[t] % 3}
         self._has = _checkup._has(model, self.optimizer)
         self._skip_known = False  # set by the first training pass (see _model_output)
         self._containers = _checkup._containers(model)
@@ -155,12 +160,17 @@ class Monitor:
             g = g.detach().coalesce().values() if g.is_sparse else g.detach()
             norms[n] = probes.safe_norm(g) / scale if g.numel() else 0.0
             nonfinite[n] = g.numel() - int(torch.isfinite(g).sum())
+        parts = {}
+        for n, t in self._fused.items():
+            g = self._weights[n].grad
+            if g is not None and not g.is_sparse:
+                parts[n] = [probes.safe_norm(third) / scale for third in _checkup._thirds(g, t)]
         # parameters at or near zero whose own gradient is not: gates that will open (_gated)
         gates = [n for n, p in self._params.items()
                  if "bias" not in n.rpartition(".")[2] and p.grad is not None and p.numel()
                  and float(p.detach().abs().max()) <= _checkup.GATE_SCALE
                  and bool(p.grad.ne(0).any())]
-        self._pending = {"norms": norms, "nonfinite": nonfinite, "gates": gates,
+        self._pending = {"norms": norms, "nonfinite": nonfinite, "gates": gates, "parts": parts,
                          "lr": max(float(g.get("lr", 1.0)) for g in optimizer.param_groups),
                          "weights": {n: p.detach().clone() for n, p in self._weights.items()}}
 
@@ -206,8 +216,12 @@ class Monitor:
         weak = [r["name"] for r in rows if r["grad_norm"] == 0
                 or (r["grad_ratio"] is not None and r["grad_ratio"] < lo)]
         gated = _checkup._gated(weak, pending["gates"], order, self._containers)
+        parts = [_checkup._query_key_part(n, part, w, norm, last)
+                 for n, norm_pair in pending["parts"].items() if n in names
+                 for part, w, norm in zip(("query", "key"), _checkup._thirds(
+                     before[n], self._fused[n]), norm_pair, strict=True)]
         verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has, gated,
-                                   lr=pending["lr"], opening=pending["gates"])
+                                   lr=pending["lr"], opening=pending["gates"], parts=parts)
         verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite", "stalled")}
         for s, v in verdicts.items():
             if v.found and s not in self.first_seen:

@@ -46,10 +46,12 @@ class Spread:
         """``"median (low-high, n seeds)"`` with each number in format ``fmt``
         (e.g. ``".2f"``, ``".1e"``).
 
-        A range with a negative end reads ``"(low to high, ...)"``: ``-0.15--0.03`` would not.
+        A range whose ends carry a sign (a negative end, or a ``"+"`` format) reads
+        ``"(low to high, ...)"``: ``-0.15--0.03`` or ``+0.01-+0.12`` would not.
         """
         m, lo, hi = (format(v, fmt) for v in (self.median, self.low, self.high))
-        dash = " to " if min(self.low, self.high) < 0 else "-"
+        signed = any(text.startswith(("-", "+")) for text in (lo, hi))
+        dash = " to " if signed else "-"
         return f"{m} ({lo}{dash}{hi}, {self.n} seeds)"
 
     def __str__(self) -> str:
