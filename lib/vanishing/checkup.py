@@ -194,7 +194,7 @@ _FIXES: dict[str, list[tuple[str, str]]] = {
         ("compute the loss and its softmax in float32; lower the loss scale", "12_hardware"),
     ],
     "stalled": [
-        ("raise the learning rate (or use a warm-up that ends higher)", "04_loss_wall"),
+        ("raise the learning rate (or use a warm-up that ends higher)", "13_checkup"),
         ("initialize for the activation so the gradient has a usable size", "06_initialization"),
         ("use an optimizer whose step does not scale with the gradient (Adam, Rprop)",
          "11_beyond_gradient"),
