@@ -549,7 +549,8 @@ def test_flat_but_tiny_is_found_through_the_forward_signal(digits_batch, activat
     assert v.found and "forward signal" in v.evidence
     assert v.fixes[0][1] == "06_initialization"
     rows = report.layers
-    assert rows[-1]["input_rms"] / rows[1]["input_rms"] < 1e-2
+    assert report.forward_ratio == rows[-1]["input_rms"] / max(r["input_rms"] for r in rows[1:-1])
+    assert report.forward_ratio < 1e-2
 
 
 def test_he_relu_forward_signal_is_healthy(digits_batch):

@@ -69,6 +69,10 @@ def test_runs_restores_and_reads_healthy_at_standard_init(name):
     assert [m.training for m in model.modules()] == flags
     assert all(p.grad is None for p in model.parameters())
     assert report.healthy, report.summary()
+    # the forward rule's margin: over five seeds the read-out receives 0.058 (GPT-2, whose tied
+    # output embedding leaves c_proj as the last matrix of its own), 0.21 (BERT), 0.32 (ResNet) and
+    # 1.0 (ViT, ConvNeXt) of the largest hidden input, against a threshold of 0.01
+    assert report.forward_ratio > 5 * checkup.THRESHOLDS["forward_ratio"], report.forward_ratio
 
 
 def test_attention_query_key_are_reported_not_judged():

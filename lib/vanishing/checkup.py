@@ -308,6 +308,12 @@ class Report:
         return not any(v.found for v in self.verdicts.values())
 
     @property
+    def forward_ratio(self) -> float | None:
+        """The forward rule's number: RMS of the signal entering the last weight layer over the
+        largest entering a hidden one (None with fewer than two measured inputs)."""
+        return _forward_signal(self.layers)[0]
+
+    @property
     def found(self) -> list[str]:
         """The symptoms found, in :data:`SYMPTOMS` order."""
         return [s for s, v in self.verdicts.items() if v.found]
@@ -1373,6 +1379,20 @@ def _trend(ratios: list[float]) -> float | None:
     return math.exp(statistics.median(slopes)) if slopes else None
 
 
+def _forward_signal(layers: list[dict[str, Any]]
+                    ) -> tuple[float | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """The forward signal: RMS of what enters the last weight layer (the read-out) over the
+    largest entering a hidden one, with those two rows (layers that see the model's own input have
+    no input_rms: its scale is the user's). ReLU or GELU with Xavier weights shrink it by about
+    1/sqrt(2) a layer while the gradient ratios stay flat near 1: flat, but every layer's gradient
+    is tiny (05_activations). Nones with fewer than two measured inputs."""
+    fwd = [r for r in layers if r.get("input_rms") is not None]
+    if len(fwd) < 2:
+        return None, None, None
+    top = max(fwd[:-1], key=lambda r: r["input_rms"])
+    return _ratio(fwd[-1]["input_rms"], top["input_rms"]), fwd[-1], top
+
+
 def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, opening=(),
            parts=()) -> dict[str, Verdict]:
     """Turn the measurements into one :class:`Verdict` per symptom (also for
@@ -1417,13 +1437,7 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, ope
 
     # vanishing: in depth (layer / last layer) and, for sequences, in time (first / last step)
     t_ratio = _ratio(time_profile[0], time_profile[-1]) if time_profile else None
-    # The forward signal: RMS of what enters the last weight layer over the largest entering a
-    # hidden one (layers that see the model's own input have no input_rms: its scale is the
-    # user's). ReLU or GELU with Xavier weights shrink it by about 1/sqrt(2) a layer while the
-    # gradient ratios stay flat near 1: flat, but every layer's gradient is tiny (05_activations).
-    fwd = [r for r in layers if r.get("input_rms") is not None]
-    top = max(fwd[:-1], key=lambda r: r["input_rms"]) if len(fwd) >= 2 else None
-    f_ratio = _ratio(fwd[-1]["input_rms"], top["input_rms"]) if top is not None else None
+    f_ratio, read_out, top = _forward_signal(layers)
     if not measured and t_ratio is None and not any(r["grad_norm"] == 0 for r in layers):
         verdict("vanishing", None, "no layer has a finite gradient ratio to the last layer")
     elif blocked and len(measured) <= 1 and t_ratio is None:
@@ -1496,8 +1510,8 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, ope
                              f"above 3), smallest ratio {_fmt(low['grad_ratio'])} at "
                              f"{low['name']}: the attention's softmax saturates")
                 found = saturated_attention = True
-        if f_ratio is not None and top is not None:
-            parts.append(f"forward signal RMS entering {fwd[-1]['name']} / largest entering a "
+        if f_ratio is not None and read_out is not None and top is not None:
+            parts.append(f"forward signal RMS entering {read_out['name']} / largest entering a "
                          f"hidden layer ({top['name']}) {_fmt(f_ratio)} "
                          f"(threshold {th['forward_ratio']:g})")
             if f_ratio < th["forward_ratio"]:
