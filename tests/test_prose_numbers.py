@@ -63,6 +63,9 @@ EX_NORM_WARMUP = ("printed by ex-norm-warmup's solution code (a markdown block, 
 EX_NORM_CONV = ("printed by ex-norm-conv's solution code (a markdown block, not a cell); "
                 "re-run under the pinned and another-cpu kernels 2026-12-07")
 
+EX_NORM_GAMMA = ("printed by ex-norm-gamma's training code (a markdown block, not a cell); "
+                 "re-run under the pinned and another-cpu kernels 2026-12-07")
+
 EX_HIER_WEAK = ("printed by ex-hier-compress-threshold's solution code (a markdown block, not a cell); "
                 "re-run under the pinned kernels 2026-12-07")
 SECOND_PASS = ("printed by the solution code of {} (a markdown block); re-run under the default and another-cpu "
@@ -105,6 +108,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("06_initialization", "0.35"): SECOND_PASS.format("ex-init-depth-scale"),
     ("06_initialization", "0.36"): SECOND_PASS.format("ex-init-depth-scale"),
     ("07_normalization", "0.041"): _solution("ex-norm-gamma"),
+    ("07_normalization", "1.1"): EX_NORM_GAMMA,
+    ("07_normalization", "1.3"): EX_NORM_GAMMA,
+    ("07_normalization", "0.69"): EX_NORM_GAMMA,
+    ("07_normalization", "0.65"): EX_NORM_GAMMA,
+    ("07_normalization", "0.83"): EX_NORM_GAMMA,
     ("07_normalization", "0.064"): EX_NORM_WARMUP,
     ("07_normalization", "0.22"): EX_NORM_WARMUP,
     ("07_normalization", "0.17"): EX_NORM_WARMUP,
@@ -161,6 +169,7 @@ DERIVED: dict[tuple[str, str], tuple[str, str]] = {
     ("03_dynamical_system", "2.13"): ("2 * (2 * sqrt(2) - 2 * atanh(1 / sqrt(2)))", "bistable width for w = 8"),
     ("03_dynamical_system", "0.31"): ("2 * (5 * sqrt(0.2) / 2 - 2 * atanh(sqrt(0.2)))", "bistable width for w = 5"),
     ("03_dynamical_system", "0.031"): ("(2.5 - 2.3444) / 5", "pulse threshold from the printed fold -2.3444"),
+    ("07_normalization", "0.09"): ("1.175 - 1.085", "GroupNorm tanh rate above the uncorrected layer-norm prediction"),
     ("04_loss_wall", "2.3473"): ("log(0.3 / 0.7) - 1.5", "the wall formula for x(0) = 0.3"),
     ("04_loss_wall", "0.2764"): ("0.5 - sqrt(5) / 10", "lower fold state for w = 5 (printed in 03_dynamical_system)"),
     ("04_loss_wall", "0.7236"): ("0.5 + sqrt(5) / 10", "upper fold state for w = 5 (printed in 03_dynamical_system)"),
