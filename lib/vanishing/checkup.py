@@ -333,6 +333,7 @@ class Report:
             "thresholds": dict(self.thresholds),
             "classes": self.classes,
             "optimizer": self.optimizer,
+            "forward_ratio": self.forward_ratio,
         }
 
     def _loss_text(self) -> str:
@@ -954,19 +955,27 @@ GATE_SCALE = 1e-4
 _QUERY_KEY = ("query", "key", "q_proj", "k_proj", "q_lin", "k_lin", "to_q", "to_k", "wq", "wk")
 
 
-#: Names of fused projections that compute queries, keys and values in one matrix, stacked in
-#: that order along the output: nn.MultiheadAttention's in_proj_weight, timm's qkv, GPT-2's c_attn
-#: (a transformers Conv1D, which stores its weight as (in, out)), MosaicML's Wqkv.
-_FUSED_QKV = ("in_proj_weight", "qkv", "c_attn", "qkv_proj", "Wqkv")
+#: Fused projections that compute queries, keys and values in one matrix as three equal blocks in
+#: that order along the output, by (attention class, projection name): timm's ViT attention, GPT-2's
+#: self-attention (a transformers Conv1D, which stores its weight as (in, out)) and MPT's. An
+#: allow-list, because the same names hold other layouts elsewhere: per head (GPTBigCode's c_attn,
+#: CodeGen's qkv_proj), grouped-query packs of unequal blocks (Phi-3's qkv_proj), or keys and values
+#: only (GPT-2's cross-attention). nn.MultiheadAttention's in_proj_weight is recognized by its type.
+_FUSED_QKV = {("Attention", "qkv"), ("GPT2Attention", "c_attn"), ("MptAttention", "Wqkv")}
 
 
-def _query_key_thirds(module: nn.Module | None, name: str) -> bool | None:
-    """How parameter ``name`` of ``module`` holds fused attention projections: ``False`` for
-    (3 x out, in), ``True`` for transposed (in, 3 x out), ``None`` if it is not one."""
+def _query_key_thirds(modules: Mapping[str, nn.Module], name: str) -> bool | None:
+    """How parameter ``name`` holds fused (query, key, value) projections: ``False`` for
+    (3 x out, in), ``True`` for transposed (in, 3 x out), ``None`` if it is not one (see
+    :data:`_FUSED_QKV`). ``modules``: the model's named modules."""
     owner, _, leaf = name.rpartition(".")
+    module = modules.get(owner)
     if isinstance(module, nn.MultiheadAttention) and leaf == "in_proj_weight":
         return False
-    if leaf != "weight" or owner.rpartition(".")[2] not in _FUSED_QKV:
+    parent_name, _, projection = owner.rpartition(".")
+    parent = modules.get(parent_name)
+    if (leaf != "weight" or parent is None or getattr(parent, "is_cross_attention", False)
+            or (type(parent).__name__, projection) not in _FUSED_QKV):
         return None
     if isinstance(module, nn.Linear):
         return False
@@ -1279,7 +1288,7 @@ def checkup(
     modules = dict(model.named_modules())
     parts = []  # the query and key thirds of fused projections
     for n in weights:
-        transposed = _query_key_thirds(modules.get(n.rpartition(".")[0]), n)
+        transposed = _query_key_thirds(modules, n)
         if transposed is None or grads[n] is None or params[n].shape[transposed] % 3:
             continue
         for part, w, g in zip(("query", "key"), _thirds(params[n], transposed),
@@ -1296,7 +1305,7 @@ def checkup(
     gated = _gated(weak, gates, order, _containers(model))
     verdicts = _judge(layers, acts, time_profile, float(loss.float()), dtype, th,
                       _has(model, optimizer, residual=skip), gated, lr=lr, opening=gates,
-                      parts=parts)
+                      qk_parts=parts)
     return Report(loss=float(loss.float()), dtype=str(dtype).replace("torch.", ""), lr=float(lr),
                   optimizer=None if optimizer is None else type(optimizer).__name__,
                   layers=layers, activations=acts, time_profile=time_profile, verdicts=verdicts,
@@ -1394,12 +1403,12 @@ def _forward_signal(layers: list[dict[str, Any]]
 
 
 def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, opening=(),
-           parts=()) -> dict[str, Verdict]:
+           qk_parts=()) -> dict[str, Verdict]:
     """Turn the measurements into one :class:`Verdict` per symptom (also for
     :class:`vanishing.monitor.Monitor`, which passes ``loss=None``: it judges gradients only).
     ``lr`` is the largest learning rate of the step whose update ratios the rows hold;
     ``opening``: parameters at or near zero whose gradient is not (gates that this step opens);
-    ``parts``: the query and key thirds of fused projections (:func:`_query_key_part`)."""
+    ``qk_parts``: the query and key thirds of fused projections (:func:`_query_key_part`)."""
     lo, hi = th["vanishing_ratio"], th["exploding_ratio"]
     # the rectifier fix only where sigmoid/tanh-like units are the network's own activation, not
     # one tanh (BERT's pooler) among many GELUs
@@ -1416,7 +1425,7 @@ def _judge(layers, acts, time_profile, loss, dtype, th, has, gated, lr=None, ope
     # query/key matrices large enough to saturate the attention's softmax: judged on their own, as
     # a pair of them would not survive the neighbours' median of the depth profile
     hot = [r for r in measured if _names_query_key(r)] + [
-        r for r in parts if r["grad_ratio"] is not None and not _is_query_key(r)
+        r for r in qk_parts if r["grad_ratio"] is not None and not _is_query_key(r)
         and r["name"].rpartition("[")[0] not in gated]
     out: dict[str, Verdict] = {}
 

@@ -78,7 +78,7 @@ class Monitor:
         modules = dict(model.named_modules())
         # fused (query, key, value) projections, split for the query/key rule as in the checkup
         self._fused = {n: t for n, p in self._weights.items()
-                       if (t := _checkup._query_key_thirds(modules.get(n.rpartition(".")[0]), n))
+                       if (t := _checkup._query_key_thirds(modules, n))
                        is not None and not p.shape[t] % 3}
         self._has = _checkup._has(model, self.optimizer)
         self._skip_known = False  # set by the first training pass (see _model_output)
@@ -221,7 +221,7 @@ class Monitor:
                  for part, w, norm in zip(("query", "key"), _checkup._thirds(
                      before[n], self._fused[n]), norm_pair, strict=True)]
         verdicts = _checkup._judge(rows, [], None, None, None, self.thresholds, self._has, gated,
-                                   lr=pending["lr"], opening=pending["gates"], parts=parts)
+                                   lr=pending["lr"], opening=pending["gates"], qk_parts=parts)
         verdicts = {s: verdicts[s] for s in ("vanishing", "exploding", "nonfinite", "stalled")}
         for s, v in verdicts.items():
             if v.found and s not in self.first_seen:

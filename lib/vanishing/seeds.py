@@ -50,7 +50,7 @@ class Spread:
         ``"(low to high, ...)"``: ``-0.15--0.03`` or ``+0.01-+0.12`` would not.
         """
         m, lo, hi = (format(v, fmt) for v in (self.median, self.low, self.high))
-        signed = any(text.startswith(("-", "+")) for text in (lo, hi))
+        signed = any(text.lstrip().startswith(("-", "+")) for text in (lo, hi))
         dash = " to " if signed else "-"
         return f"{m} ({lo}{dash}{hi}, {self.n} seeds)"
 
