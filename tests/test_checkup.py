@@ -50,6 +50,7 @@ def test_single_linear_layer_by_hand():
     x = torch.tensor([[1.0, 2.0]])
     report = checkup.checkup(layer, (x, None), lambda out, _: (out**2).sum(), lr=0.1)
     (row,) = report.layers
+    assert report.forward_ratio is None  # one layer: no hidden input to compare the read-out's with
     assert report.loss == pytest.approx(25.0)
     assert row["grad_norm"] == pytest.approx(math.sqrt(500.0))
     assert row["grad_ratio"] == pytest.approx(1.0)
@@ -855,6 +856,7 @@ def test_stalled_plain_sgd_and_adam(digits_batch):
     net = _mlp(depth=6, activation="relu", init="he")
     sgd = checkup.checkup(net, digits_batch, CE, lr=1e-7).verdicts["stalled"]
     assert sgd.found and sgd.fixes[0][0].startswith("raise the learning rate")
+    assert sgd.fixes[0][1] == "13_checkup"  # where the update/weight range of trainable networks is
     assert any(f[0].startswith("use an optimizer") for f in sgd.fixes)
     slow = checkup.checkup(net, digits_batch, CE,
                            optimizer=torch.optim.Adam(net.parameters(), lr=1e-7)).verdicts

@@ -29,6 +29,7 @@ def test_a_negative_range_is_written_with_to():
     assert seeds.spread([-0.02, 0.02, 0.10]).format(".2f") == "0.02 (-0.02 to 0.10, 3 seeds)"
     # a signed format gives "+0.01-+0.12" with a dash, which reads as a subtraction
     assert seeds.spread([0.01, 0.05, 0.12]).format("+.2f") == "+0.05 (+0.01 to +0.12, 3 seeds)"
+    assert seeds.spread([-0.15, -0.03]).format("6.2f") == " -0.09 ( -0.15 to  -0.03, 2 seeds)"
 
 
 def test_a_diverged_seed_counts_and_nan_is_refused():

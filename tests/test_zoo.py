@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers  # a pinned test dependency (requirements.txt)
@@ -134,6 +136,15 @@ def test_saturated_attention_behind_a_fused_projection_is_judged(arch):
         x, y = torch.randn(16, 10, 8, generator=g), torch.randint(0, 5, (16,), generator=g)
         model, loss_fn, attr = _Encoder(), nn.functional.cross_entropy, "in_proj_weight"
     assert checkup.checkup(model, (x, y), loss_fn).verdicts["vanishing"].found is False
+    # the value third is not a query or key: large values saturate no softmax
+    values = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in values.named_parameters():
+            if name.endswith(attr):
+                fused = p if attr == "in_proj_weight" else p.t()
+                fused[2 * fused.shape[0] // 3:].mul_(300.0)
+    assert "softmax saturates" not in checkup.checkup(values, (x, y), loss_fn).verdicts[
+        "vanishing"].evidence
     _saturate_fused(model, attr)
     evidence = checkup.checkup(model, (x, y), loss_fn).verdicts["vanishing"].evidence
     assert "the attention's softmax saturates" in evidence
@@ -147,6 +158,32 @@ def test_saturated_attention_behind_a_fused_projection_is_judged(arch):
     assert "the attention's softmax saturates" in mon.history[-1]["verdicts"]["vanishing"][
         "evidence"]
     mon.remove()
+
+
+def test_fused_projections_are_split_only_where_the_layout_is_known():
+    # the same names hold other layouts elsewhere (per head, keys and values only): not split
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=100, n_embd=48, n_layer=1, n_head=4, n_positions=32, add_cross_attention=True))
+    modules = dict(gpt2.named_modules())
+    assert checkup._query_key_thirds(modules, "transformer.h.0.attn.c_attn.weight") is True
+    # GPT-2's cross-attention c_attn holds keys and values only
+    assert checkup._query_key_thirds(modules, "transformer.h.0.crossattention.c_attn.weight") is None
+
+    class Attention(nn.Module):  # timm's name and layout: qkv, query|key|value along the output
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+    class PerHead(nn.Module):  # an unknown class: its qkv may be laid out per head
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+    modules = dict(nn.ModuleDict({"a": Attention(), "b": PerHead(),
+                                  "c": nn.MultiheadAttention(8, 2)}).named_modules())
+    assert checkup._query_key_thirds(modules, "a.qkv.weight") is False
+    assert checkup._query_key_thirds(modules, "b.qkv.weight") is None
+    assert checkup._query_key_thirds(modules, "c.in_proj_weight") is False
 
 
 def test_layer_scale_gates_are_recognized():
