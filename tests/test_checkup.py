@@ -551,6 +551,7 @@ def test_flat_but_tiny_is_found_through_the_forward_signal(digits_batch, activat
     assert v.fixes[0][1] == "06_initialization"
     rows = report.layers
     assert report.forward_ratio == rows[-1]["input_rms"] / max(r["input_rms"] for r in rows[1:-1])
+    assert report.to_dict()["forward_ratio"] == report.forward_ratio  # for loggers
     assert report.forward_ratio < 1e-2
 
 

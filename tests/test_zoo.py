@@ -169,21 +169,22 @@ def test_fused_projections_are_split_only_where_the_layout_is_known():
     # GPT-2's cross-attention c_attn holds keys and values only
     assert checkup._query_key_thirds(modules, "transformer.h.0.crossattention.c_attn.weight") is None
 
-    class Attention(nn.Module):  # timm's name and layout: qkv, query|key|value along the output
-        def __init__(self):
-            super().__init__()
-            self.qkv = nn.Linear(8, 24)
+    def attention(module):  # a class named Attention with a qkv projection, defined in module
+        cls = type("Attention", (nn.Module,), {"__module__": module})
+        block = cls()
+        block.qkv = nn.Linear(8, 24)
+        return block
 
-    class PerHead(nn.Module):  # an unknown class: its qkv may be laid out per head
-        def __init__(self):
-            super().__init__()
-            self.qkv = nn.Linear(8, 24)
-
-    modules = dict(nn.ModuleDict({"a": Attention(), "b": PerHead(),
-                                  "c": nn.MultiheadAttention(8, 2)}).named_modules())
-    assert checkup._query_key_thirds(modules, "a.qkv.weight") is False
-    assert checkup._query_key_thirds(modules, "b.qkv.weight") is None
-    assert checkup._query_key_thirds(modules, "c.in_proj_weight") is False
+    mpt = transformers.MptForCausalLM(transformers.MptConfig(
+        d_model=32, n_heads=4, n_layers=1, vocab_size=100, max_seq_len=16))
+    modules = dict(nn.ModuleDict({
+        "vit": attention("timm.layers.attention"),  # query|key|value along the output
+        "tiny_vit": attention("timm.models.tiny_vit"),  # same class name, laid out per head
+        "mha": nn.MultiheadAttention(8, 2), "mpt": mpt}).named_modules())
+    assert checkup._query_key_thirds(modules, "vit.qkv.weight") is False
+    assert checkup._query_key_thirds(modules, "tiny_vit.qkv.weight") is None
+    assert checkup._query_key_thirds(modules, "mha.in_proj_weight") is False
+    assert checkup._query_key_thirds(modules, "mpt.transformer.blocks.0.attn.Wqkv.weight") is False
 
 
 def test_layer_scale_gates_are_recognized():

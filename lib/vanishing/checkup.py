@@ -956,12 +956,19 @@ _QUERY_KEY = ("query", "key", "q_proj", "k_proj", "q_lin", "k_lin", "to_q", "to_
 
 
 #: Fused projections that compute queries, keys and values in one matrix as three equal blocks in
-#: that order along the output, by (attention class, projection name): timm's ViT attention, GPT-2's
-#: self-attention (a transformers Conv1D, which stores its weight as (in, out)) and MPT's. An
-#: allow-list, because the same names hold other layouts elsewhere: per head (GPTBigCode's c_attn,
-#: CodeGen's qkv_proj), grouped-query packs of unequal blocks (Phi-3's qkv_proj), or keys and values
-#: only (GPT-2's cross-attention). nn.MultiheadAttention's in_proj_weight is recognized by its type.
-_FUSED_QKV = {("Attention", "qkv"), ("GPT2Attention", "c_attn"), ("MptAttention", "Wqkv")}
+#: that order along the output, by (module and name of the attention class, projection name):
+#: timm's ViT attention, GPT-2's self-attention (a transformers Conv1D, which stores its weight as
+#: (in, out)) and MPT's. An allow-list of full class paths, because the same names hold other
+#: layouts elsewhere: per head (GPTBigCode's c_attn; timm's TinyViT and EfficientFormer, whose
+#: classes are also named Attention), CodeGen's qkv_proj (four blocks, each query, value, key),
+#: grouped-query packs of unequal blocks (Phi-3's qkv_proj), or keys and values only (GPT-2's
+#: cross-attention). nn.MultiheadAttention's in_proj_weight is recognized by its type.
+_FUSED_QKV = {
+    ("timm.layers.attention.Attention", "qkv"),
+    ("timm.models.vision_transformer.Attention", "qkv"),
+    ("transformers.models.gpt2.modeling_gpt2.GPT2Attention", "c_attn"),
+    ("transformers.models.mpt.modeling_mpt.MptAttention", "Wqkv"),
+}
 
 
 def _query_key_thirds(modules: Mapping[str, nn.Module], name: str) -> bool | None:
@@ -975,7 +982,8 @@ def _query_key_thirds(modules: Mapping[str, nn.Module], name: str) -> bool | Non
     parent_name, _, projection = owner.rpartition(".")
     parent = modules.get(parent_name)
     if (leaf != "weight" or parent is None or getattr(parent, "is_cross_attention", False)
-            or (type(parent).__name__, projection) not in _FUSED_QKV):
+            or (f"{type(parent).__module__}.{type(parent).__qualname__}", projection)
+            not in _FUSED_QKV):
         return None
     if isinstance(module, nn.Linear):
         return False
