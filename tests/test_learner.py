@@ -17,9 +17,9 @@ notebooks and their stored outputs are never touched):
   docstring for what is substituted for the network, and why).
 
 By default (the README's test command, CI) both run the shortest chapter
-(03_dynamical_system, about 9 s at ``small`` scale). The slower check, kept out
+(03_dynamical_system, about 10 s at ``small`` scale). The slower check, kept out
 of the default run, walks every chapter both ways (the sum of all chapters'
-times, twice: the README's table of chapter times sums to 566 s)::
+times, twice: the README's table of chapter times sums to 629 s)::
 
     python -m pytest tests/test_learner.py --learner-chapters all
 
