@@ -169,10 +169,10 @@ def test_fused_projections_are_split_only_where_the_layout_is_known():
     # GPT-2's cross-attention c_attn holds keys and values only
     assert checkup._query_key_thirds(modules, "transformer.h.0.crossattention.c_attn.weight") is None
 
-    def attention(module):  # a class named Attention with a qkv projection, defined in module
+    def attention(module, out=24):  # a class named Attention with a qkv projection, in module
         cls = type("Attention", (nn.Module,), {"__module__": module})
         block = cls()
-        block.qkv = nn.Linear(8, 24)
+        block.qkv = nn.Linear(8, out)
         return block
 
     mpt = transformers.MptForCausalLM(transformers.MptConfig(
@@ -180,9 +180,11 @@ def test_fused_projections_are_split_only_where_the_layout_is_known():
     modules = dict(nn.ModuleDict({
         "vit": attention("timm.layers.attention"),  # query|key|value along the output
         "tiny_vit": attention("timm.models.tiny_vit"),  # same class name, laid out per head
+        "odd": attention("timm.layers.attention", out=25),  # no three equal blocks
         "mha": nn.MultiheadAttention(8, 2), "mpt": mpt}).named_modules())
     assert checkup._query_key_thirds(modules, "vit.qkv.weight") is False
     assert checkup._query_key_thirds(modules, "tiny_vit.qkv.weight") is None
+    assert checkup._query_key_thirds(modules, "odd.qkv.weight") is None
     assert checkup._query_key_thirds(modules, "mha.in_proj_weight") is False
     assert checkup._query_key_thirds(modules, "mpt.transformer.blocks.0.attn.Wqkv.weight") is False
 

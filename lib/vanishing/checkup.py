@@ -974,20 +974,25 @@ _FUSED_QKV = {
 def _query_key_thirds(modules: Mapping[str, nn.Module], name: str) -> bool | None:
     """How parameter ``name`` holds fused (query, key, value) projections: ``False`` for
     (3 x out, in), ``True`` for transposed (in, 3 x out), ``None`` if it is not one (see
-    :data:`_FUSED_QKV`). ``modules``: the model's named modules."""
+    :data:`_FUSED_QKV`), or if its output does not split into three equal blocks. ``modules``:
+    the model's named modules."""
     owner, _, leaf = name.rpartition(".")
     module = modules.get(owner)
     if isinstance(module, nn.MultiheadAttention) and leaf == "in_proj_weight":
-        return False
-    parent_name, _, projection = owner.rpartition(".")
-    parent = modules.get(parent_name)
-    if (leaf != "weight" or parent is None or getattr(parent, "is_cross_attention", False)
-            or (f"{type(parent).__module__}.{type(parent).__qualname__}", projection)
-            not in _FUSED_QKV):
+        transposed: bool | None = False
+    else:
+        parent_name, _, projection = owner.rpartition(".")
+        parent = modules.get(parent_name)
+        if (leaf != "weight" or parent is None or getattr(parent, "is_cross_attention", False)
+                or (f"{type(parent).__module__}.{type(parent).__qualname__}", projection)
+                not in _FUSED_QKV):
+            return None
+        transposed = (False if isinstance(module, nn.Linear)
+                      else True if type(module).__name__ == "Conv1D" else None)
+    weight = getattr(module, leaf)
+    if transposed is None or weight.dim() != 2 or weight.shape[int(transposed)] % 3:
         return None
-    if isinstance(module, nn.Linear):
-        return False
-    return True if type(module).__name__ == "Conv1D" else None
+    return transposed
 
 
 def _thirds(tensor: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1297,7 +1302,7 @@ def checkup(
     parts = []  # the query and key thirds of fused projections
     for n in weights:
         transposed = _query_key_thirds(modules, n)
-        if transposed is None or grads[n] is None or params[n].shape[transposed] % 3:
+        if transposed is None or grads[n] is None:
             continue
         for part, w, g in zip(("query", "key"), _thirds(params[n], transposed),
                               _thirds(grads[n], transposed), strict=True):

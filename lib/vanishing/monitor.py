@@ -77,9 +77,8 @@ class Monitor:
         self._names = {m: n for n, m in model.named_modules()}
         modules = dict(model.named_modules())
         # fused (query, key, value) projections, split for the query/key rule as in the checkup
-        self._fused = {n: t for n, p in self._weights.items()
-                       if (t := _checkup._query_key_thirds(modules, n))
-                       is not None and not p.shape[t] % 3}
+        self._fused = {n: t for n in self._weights
+                       if (t := _checkup._query_key_thirds(modules, n)) is not None}
         self._has = _checkup._has(model, self.optimizer)
         self._skip_known = False  # set by the first training pass (see _model_output)
         self._containers = _checkup._containers(model)
