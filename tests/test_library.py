@@ -279,8 +279,10 @@ def test_train_clip_and_errors():
     ]:
         with pytest.raises(ValueError, match=match):
             train.train(m, (x, y), **(dict(steps=1, lr=0.1) | kwargs))
-    with pytest.raises(FloatingPointError, match="loss became"):
+    with pytest.raises(FloatingPointError, match="loss became") as err:
         train.train(m, (x * float("nan"), y), steps=1, lr=0.1)
+    # train.Diverged carries the step and the record so far (nothing evaluated before step 1)
+    assert isinstance(err.value, train.Diverged) and err.value.step == 1 and err.value.history["step"] == []
 
 
 # ---------------------------------------------------------------- data

@@ -302,3 +302,58 @@ def test_histories_split_a_batched_record_like_train():
         torch.testing.assert_close(torch.tensor(one["grad_norms"]), torch.tensor(expected), rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="history"):
         sweeps.histories({"loss": []})
+
+
+def test_train_many_stacks_by_architecture_and_trains_batch_norm_alone():
+    # Two architectures (depth 2 and 3) interleaved, and batch-normalized networks among them: each network's
+    # history and trained weights must be what its own train.train call gives, whichever way it was trained.
+    x, y = _data(60)
+    specs = [(2, None, "tanh", 0), (3, None, "relu", 1), (2, "batch", "relu", 2), (2, None, "relu", 3),
+             (3, "layer", "tanh", 4), (2, "batch", "tanh", 5)]
+
+    def build():
+        return [sweeps.build_mlp(seed=s, in_features=5, out_features=3, depth=d, width=6, activation=a,
+                                 init="xavier", norm=n) for d, n, a, s in specs]
+
+    nets, loop_nets = build(), build()
+    kw = dict(steps=6, lr=0.1, batch_size=8, optimizer="momentum", eval_every=3, test_data=(x[:10], y[:10]))
+    seeds = [s + 10 for *_, s in specs]
+    out = sweeps.train_many(nets, (x, y), seeds=seeds, **kw)
+    assert len(out) == len(specs)
+    for net, ref_net, one, seed in zip(nets, loop_nets, out, seeds, strict=True):
+        ref = train.train(ref_net, (x, y), generator=torch.Generator().manual_seed(seed), **kw)
+        assert one["diverged_at"] is None and one["step"] == ref["step"] == [1, 3, 6]
+        assert one["test_acc"] == pytest.approx(ref["test_acc"], abs=1e-6)
+        assert one["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        for p, q in zip(net.parameters(), ref_net.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_train_many_records_where_a_network_diverges():
+    nets = [sweeps.build_mlp(seed=s, in_features=5, out_features=3, depth=2, width=6, activation="linear",
+                             init="xavier", norm=n) for s, n in ((0, None), (1, None), (2, "batch"))]
+    with torch.no_grad():  # nets[0] and nets[2] explode at this learning rate; nets[1] is healthy
+        for lin in nets[0].linears():
+            lin.weight.mul_(1e3)
+        nets[2].linears()[-1].weight.mul_(1e20)  # batch norm would undo a scaling of the hidden layers
+    out = sweeps.train_many(nets, _data(), seeds=[0, 1, 2], steps=30, lr=1.0, batch_size=None, eval_every=10)
+    assert isinstance(out[0]["diverged_at"], int) and out[1]["diverged_at"] is None
+    assert len(out[0]["loss"]) == len(out[1]["loss"]) == 4  # the stack goes on recording
+    step = out[2]["diverged_at"]  # trained alone: the record stops at the last evaluation before divergence
+    assert isinstance(step, int) and out[2]["step"] == [t for t in [1, 10, 20, 30] if t < step]
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (dict(seeds=[0]), "seeds"),
+        (dict(seeds=[0, -1]), r"seeds\[1\]"),
+        (dict(optimizer="adam"), "optimizer"),
+        (dict(nets=[torch.nn.Linear(5, 3)], seeds=[0]), r"nets\[0\]"),
+        (dict(nets=torch.nn.Linear(5, 3)), "nets"),
+    ],
+)
+def test_train_many_errors(args, match):
+    kw = dict(nets=_nets([("tanh", "xavier", 0), ("relu", "he", 1)]), seeds=[0, 1], steps=2, lr=0.1) | args
+    with pytest.raises(ValueError, match=match):
+        sweeps.train_many(kw.pop("nets"), _data(), **kw)

@@ -13,6 +13,8 @@ own gradient: one backward pass trains all K.
   :class:`StackedMLP` (no initialization logic is repeated here);
 * :func:`train_batched` trains them as :func:`vanishing.train.train` trains one network
   (same schedule, batches, clipping and optimizer), :func:`histories` splits its record;
+* :func:`train_many` trains any list of MLPs, one per seed, the fastest way that gives each
+  network its own ``train.train`` updates: stacked by architecture, batch-normalized ones alone;
 * :func:`grad_norms_batched` gives every network's per-layer ||dL/dW|| at once;
 * :func:`build_mlp` builds ``models.mlp`` under its own seed without touching the global RNG.
 
@@ -43,6 +45,7 @@ __all__ = [
     "grad_norms_batched",
     "train_batched",
     "histories",
+    "train_many",
 ]
 
 #: Losses the batched functions compute per network (the names :func:`vanishing.train.train` uses).
@@ -463,6 +466,69 @@ def histories(history: dict[str, Any]) -> list[dict[str, object]]:
                 one[key] = history[key][k].tolist()
         one["diverged_at"] = diverged
         out.append(one)
+    return out
+
+
+def train_many(
+    nets: Sequence[models.MLP],
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    seeds: Sequence[int],
+    steps: int,
+    lr: float,
+    batch_size: int | None = 64,
+    optimizer: str = "sgd",
+    test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_every: int = 10,
+    clip: float | None = None,
+) -> list[dict[str, object]]:
+    """Train every network of ``nets`` in place, network ``i`` as
+    ``train.train(nets[i], data, generator=torch.Generator().manual_seed(seeds[i]), ...)`` would.
+
+    The chapters' seed sweeps go through here. Networks of one architecture without batch
+    normalization train together, one stack per architecture (:func:`stack_mlps`; networks keep
+    the order given, so put equal activations side by side), and their trained parameters are
+    written back. Batch normalization couples the examples of a batch, so such networks train
+    one at a time with ``train.train``. The other arguments are ``train.train``'s
+    (``optimizer``: one of :data:`OPTIMIZERS`).
+
+    Returns one history per network, as :func:`histories` gives them, with ``diverged_at``: the
+    first step whose minibatch loss was not finite, else ``None``. A stacked network that
+    diverges goes on with the others (its values become nan or inf); one trained alone stops
+    there, its history ending with the evaluation before.
+    """
+    if isinstance(nets, nn.Module) or not isinstance(nets, Sequence):
+        raise ValueError(f"nets must be a list of MLPs, got {type(nets).__name__}")
+    if not isinstance(seeds, Sequence) or len(seeds) != len(nets):
+        raise ValueError(f"seeds must hold one seed per network ({len(nets)}), got {seeds!r}")
+    for i, seed in enumerate(seeds):
+        integer(f"seeds[{i}]", seed, 0)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    schedule: dict[str, Any] = dict(steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                                    test_data=test_data, eval_every=eval_every, clip=clip)
+    out: list[dict[str, object]] = [{} for _ in nets]
+    stacks: dict[tuple, list[int]] = {}
+    for i, net in enumerate(nets):
+        if not isinstance(net, models.MLP):
+            raise ValueError(f"nets[{i}] must be a vanishing.models.MLP, got {type(net).__name__}")
+        if not isinstance(net.blocks[0].norm, nn.BatchNorm1d):
+            stacks.setdefault(_signature(net), []).append(i)
+            continue
+        generator = torch.Generator().manual_seed(seeds[i])
+        try:
+            history = train_mod.train(net, data, generator=generator, **schedule)
+            out[i] = {**history, "diverged_at": None}
+        except train_mod.Diverged as err:
+            out[i] = {**err.history, "diverged_at": err.step}
+    for members in stacks.values():
+        group = [nets[i] for i in members]
+        stacked = stack_mlps(group)
+        record = train_batched(stacked, data, **schedule,
+                               generator=[torch.Generator().manual_seed(seeds[i]) for i in members])
+        stacked.copy_to(group)
+        for i, one in zip(members, histories(record), strict=True):
+            out[i] = one
     return out
 
 

@@ -16,10 +16,23 @@ from .checks import integer
 from .probes import weight_names
 from .runtime import progress
 
-__all__ = ["OPTIMIZERS", "LOSSES", "train", "accuracy", "check_schedule", "draw_batch"]
+__all__ = ["OPTIMIZERS", "LOSSES", "Diverged", "train", "accuracy", "check_schedule", "draw_batch"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "rprop")
 LOSSES = ("cross_entropy", "mse")
+
+
+class Diverged(FloatingPointError):
+    """:func:`train`'s error when the loss on a minibatch is no longer finite.
+
+    ``step`` is that step and ``history`` the record up to the evaluation before it, so a
+    sweep that trains many networks can keep a diverged network's record and go on.
+    """
+
+    def __init__(self, message: str, step: int, history: dict[str, list]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.history = history
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -101,6 +114,7 @@ def train(
 
     Returns a dict of lists: ``step``, ``loss``, ``acc`` (classification only),
     ``test_loss``, ``test_acc`` and ``grad_norms`` (a list of dicts) when recorded.
+    A loss that stops being finite raises :class:`Diverged` (a ``FloatingPointError``).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -158,8 +172,9 @@ def train(
         opt.zero_grad(set_to_none=True)
         value = loss_fn(model(x), y)
         if not torch.isfinite(value):
-            raise FloatingPointError(
-                f"train: the loss became {value.item()} at step {step}; lower lr or clip"
+            raise Diverged(
+                f"train: the loss became {value.item()} at step {step}; lower lr or clip",
+                step, history,
             )
         value.backward()
         batch_norms = None
