@@ -304,22 +304,28 @@ def test_histories_split_a_batched_record_like_train():
         sweeps.histories({"loss": []})
 
 
-def test_train_many_stacks_by_architecture_and_trains_batch_norm_alone():
-    # Two architectures (depth 2 and 3) interleaved, and batch-normalized networks among them: each network's
-    # history and trained weights must be what its own train.train call gives, whichever way it was trained.
+def test_train_many_gives_each_network_its_own_train_run():
+    # Two architectures interleaved, a residual network of the same shape as plain ones, and networks a stack
+    # would not reproduce (batch norm, a forward hook, a frozen parameter, a module that is no MLP): each
+    # network's history and trained weights must be what its own train.train call gives.
     x, y = _data(60)
-    specs = [(2, None, "tanh", 0), (3, None, "relu", 1), (2, "batch", "relu", 2), (2, None, "relu", 3),
-             (3, "layer", "tanh", 4), (2, "batch", "tanh", 5)]
+    specs = [(2, None, "tanh", 0, False), (3, None, "relu", 1, False), (2, "batch", "relu", 2, False),
+             (2, None, "relu", 3, False), (3, "layer", "tanh", 4, False), (2, None, "relu", 5, True),
+             (2, None, "tanh", 6, False), (2, None, "tanh", 7, False)]
 
     def build():
-        return [sweeps.build_mlp(seed=s, in_features=5, out_features=3, depth=d, width=6, activation=a,
-                                 init="xavier", norm=n) for d, n, a, s in specs]
+        nets = [sweeps.build_mlp(seed=s, in_features=5, out_features=3, depth=d, width=6, activation=a,
+                                 init="xavier", norm=n, residual=r) for d, n, a, s, r in specs]
+        nets[6].blocks[0].register_forward_hook(lambda m, i, o: 2 * o)  # a stack would skip the hook
+        nets[7].blocks[1].linear.weight.requires_grad_(False)  # ... and train the frozen weight
+        torch.manual_seed(8)
+        return [*nets, torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))]
 
     nets, loop_nets = build(), build()
     kw = dict(steps=6, lr=0.1, batch_size=8, optimizer="momentum", eval_every=3, test_data=(x[:10], y[:10]))
-    seeds = [s + 10 for *_, s in specs]
+    seeds = [10 + i for i in range(len(nets))]
     out = sweeps.train_many(nets, (x, y), seeds=seeds, **kw)
-    assert len(out) == len(specs)
+    assert len(out) == len(nets)
     for net, ref_net, one, seed in zip(nets, loop_nets, out, seeds, strict=True):
         ref = train.train(ref_net, (x, y), generator=torch.Generator().manual_seed(seed), **kw)
         assert one["diverged_at"] is None and one["step"] == ref["step"] == [1, 3, 6]
@@ -330,17 +336,35 @@ def test_train_many_stacks_by_architecture_and_trains_batch_norm_alone():
 
 
 def test_train_many_records_where_a_network_diverges():
-    nets = [sweeps.build_mlp(seed=s, in_features=5, out_features=3, depth=2, width=6, activation="linear",
-                             init="xavier", norm=n) for s, n in ((0, None), (1, None), (2, "batch"))]
-    with torch.no_grad():  # nets[0] and nets[2] explode at this learning rate; nets[1] is healthy
-        for lin in nets[0].linears():
-            lin.weight.mul_(1e3)
-        nets[2].linears()[-1].weight.mul_(1e20)  # batch norm would undo a scaling of the hidden layers
-    out = sweeps.train_many(nets, _data(), seeds=[0, 1, 2], steps=30, lr=1.0, batch_size=None, eval_every=10)
-    assert isinstance(out[0]["diverged_at"], int) and out[1]["diverged_at"] is None
-    assert len(out[0]["loss"]) == len(out[1]["loss"]) == 4  # the stack goes on recording
-    step = out[2]["diverged_at"]  # trained alone: the record stops at the last evaluation before divergence
-    assert isinstance(step, int) and out[2]["step"] == [t for t in [1, 10, 20, 30] if t < step]
+    def build():
+        nets = [sweeps.build_mlp(seed=s, in_features=5, out_features=3, depth=2, width=6, activation="linear",
+                                 init="xavier", norm=n) for s, n in ((0, None), (1, None), (2, "batch"))]
+        with torch.no_grad():  # nets[0] and nets[2] explode at this learning rate; nets[1] is healthy
+            for lin in nets[0].linears():
+                lin.weight.mul_(1e3)
+            nets[2].linears()[-1].weight.mul_(1e20)  # batch norm would undo a scaling of the hidden layers
+        return nets
+
+    kw = dict(steps=30, lr=1.0, batch_size=None, eval_every=10)
+    out = sweeps.train_many(build(), _data(), seeds=[0, 1, 2], **kw)
+    ref = build()
+    for i in (0, 2):  # the step train.train stops at, stacked or alone
+        with pytest.raises(train.Diverged) as err:
+            train.train(ref[i], _data(), **kw)
+        assert out[i]["diverged_at"] == err.value.step
+    assert out[1]["diverged_at"] is None  # the healthy network shares the diverging one's stack, untouched
+    assert out[1]["loss"] == pytest.approx(train.train(ref[1], _data(), **kw)["loss"], rel=1e-5)
+    assert len(out[0]["loss"]) == 4 and not math.isfinite(out[0]["loss"][-1])  # the stack goes on recording
+    # trained alone, the record stops at the last evaluation before the divergence
+    assert out[2]["step"] == [t for t in [1, 10, 20, 30] if t < out[2]["diverged_at"]] == [1]
+
+
+def test_diverged_pickles_with_its_step_and_record():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(train.Diverged("loss became nan", 3, {"step": [1]})))
+    assert isinstance(err, FloatingPointError) and (str(err), err.step, err.history) == ("loss became nan", 3,
+                                                                                         {"step": [1]})
 
 
 @pytest.mark.parametrize(
@@ -349,11 +373,17 @@ def test_train_many_records_where_a_network_diverges():
         (dict(seeds=[0]), "seeds"),
         (dict(seeds=[0, -1]), r"seeds\[1\]"),
         (dict(optimizer="adam"), "optimizer"),
-        (dict(nets=[torch.nn.Linear(5, 3)], seeds=[0]), r"nets\[0\]"),
+        (dict(nets=[object(), object()]), r"nets\[0\] must be a torch.nn.Module"),
         (dict(nets=torch.nn.Linear(5, 3)), "nets"),
+        (dict(nets="twice"), r"nets\[1\] is listed twice"),
     ],
 )
-def test_train_many_errors(args, match):
-    kw = dict(nets=_nets([("tanh", "xavier", 0), ("relu", "he", 1)]), seeds=[0, 1], steps=2, lr=0.1) | args
+def test_train_many_errors_come_before_any_training(args, match):
+    # a batch-normalized network first: it trains alone, so an error found after it would come too late
+    first = _nets([("tanh", "xavier", 0)], norm="batch")[0]
+    before = [p.detach().clone() for p in first.parameters()]
+    nets = [first, first] if args.get("nets") == "twice" else [first, *_nets([("relu", "he", 1)])]
+    kw = dict(nets=nets, seeds=[0, 1], steps=2, lr=0.1) | {k: v for k, v in args.items() if v != "twice"}
     with pytest.raises(ValueError, match=match):
         sweeps.train_many(kw.pop("nets"), _data(), **kw)
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), before, strict=True))

@@ -13,8 +13,8 @@ own gradient: one backward pass trains all K.
   :class:`StackedMLP` (no initialization logic is repeated here);
 * :func:`train_batched` trains them as :func:`vanishing.train.train` trains one network
   (same schedule, batches, clipping and optimizer), :func:`histories` splits its record;
-* :func:`train_many` trains any list of MLPs, one per seed, the fastest way that gives each
-  network its own ``train.train`` updates: stacked by architecture, batch-normalized ones alone;
+* :func:`train_many` trains a list of networks, each with its own seed, the fastest way that
+  gives each its own ``train.train`` updates: MLPs stacked by architecture, the rest alone;
 * :func:`grad_norms_batched` gives every network's per-layer ||dL/dW|| at once;
 * :func:`build_mlp` builds ``models.mlp`` under its own seed without touching the global RNG.
 
@@ -205,6 +205,33 @@ def _signature(net: models.MLP) -> tuple:
     )
 
 
+def _unstackable(net: object) -> str | None:
+    """Why :func:`stack_mlps` cannot take ``net`` (a phrase after "nets[i]"), or None."""
+    if not isinstance(net, models.MLP):
+        return f"must be a vanishing.models.MLP, got {type(net).__name__}"
+    for block in net.blocks:
+        if not isinstance(block.norm, (nn.Identity, nn.LayerNorm)):
+            return (f"has norm {type(block.norm).__name__}; "
+                    "stack_mlps supports norm=None and 'layer'")
+        if isinstance(block.norm, nn.LayerNorm) and not block.norm.elementwise_affine:
+            return "has a LayerNorm without elementwise_affine; stack_mlps needs its gains"
+    if any(lin.bias is None for lin in net.linears()):
+        return "has a Linear layer without bias; stack_mlps needs biases"
+    return None
+
+
+def _trains_alone(net: nn.Module) -> bool:
+    """Whether a stack would not reproduce ``train.train`` on ``net``: it cannot be stacked, or
+    something beyond its parameters shapes its training (a frozen parameter, a module hook;
+    torch lists hooks only in these private dictionaries)."""
+    return (
+        _unstackable(net) is not None
+        or any(not p.requires_grad for p in net.parameters())
+        or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or m._backward_pre_hooks for m in net.modules())
+    )
+
+
 def stack_mlps(nets: Sequence[models.MLP]) -> StackedMLP:
     """Stack K MLPs built by :func:`vanishing.models.mlp` into one :class:`StackedMLP`.
 
@@ -219,18 +246,8 @@ def stack_mlps(nets: Sequence[models.MLP]) -> StackedMLP:
     if isinstance(nets, nn.Module) or not isinstance(nets, Sequence) or len(nets) == 0:
         raise ValueError(f"nets must be a non-empty list of MLPs, got {type(nets).__name__}")
     for i, net in enumerate(nets):
-        if not isinstance(net, models.MLP):
-            raise ValueError(f"nets[{i}] must be a vanishing.models.MLP, got {type(net).__name__}")
-        for block in net.blocks:
-            if not isinstance(block.norm, (nn.Identity, nn.LayerNorm)):
-                raise ValueError(f"nets[{i}] has norm {type(block.norm).__name__}; "
-                                 "stack_mlps supports norm=None and 'layer'")
-            if isinstance(block.norm, nn.LayerNorm) and not block.norm.elementwise_affine:
-                raise ValueError(
-                    f"nets[{i}]: stack_mlps needs LayerNorm with elementwise_affine=True"
-                )
-        if any(lin.bias is None for lin in net.linears()):
-            raise ValueError(f"nets[{i}] has a Linear layer without bias; stack_mlps needs biases")
+        if (why := _unstackable(net)) is not None:
+            raise ValueError(f"nets[{i}] {why}")
     first = _signature(nets[0])
     for i, net in enumerate(nets[1:], start=1):
         if _signature(net) != first:
@@ -360,8 +377,8 @@ def train_batched(
     shape (K, evaluations), on the CPU), ``grad_norms`` when recorded (float64,
     (K, evaluations, depth + 1), input layer first) and ``diverged_at`` (per network, the
     first step whose training loss was not finite, else ``None``). Where ``train.train``
-    raises ``FloatingPointError``, the batched form keeps training the other networks (they
-    share nothing); the diverged one's values become nan or inf.
+    raises :class:`vanishing.train.Diverged`, the batched form keeps training the other
+    networks (they share nothing); the diverged one's values become nan or inf.
     """
     stacked = _check_stacked(stacked)
     k = stacked.size
@@ -470,7 +487,7 @@ def histories(history: dict[str, Any]) -> list[dict[str, object]]:
 
 
 def train_many(
-    nets: Sequence[models.MLP],
+    nets: Sequence[nn.Module],
     data: tuple[torch.Tensor, torch.Tensor],
     *,
     seeds: Sequence[int],
@@ -482,25 +499,36 @@ def train_many(
     eval_every: int = 10,
     clip: float | None = None,
 ) -> list[dict[str, object]]:
-    """Train every network of ``nets`` in place, network ``i`` as
-    ``train.train(nets[i], data, generator=torch.Generator().manual_seed(seeds[i]), ...)`` would.
+    """Train every network of ``nets`` in place, each with its own seed: network ``i`` as
+    ``train.train(nets[i], data, generator=torch.Generator().manual_seed(seeds[i]), ...)``
+    would (cross-entropy; the other arguments are ``train.train``'s, ``optimizer`` one of
+    :data:`OPTIMIZERS`).
 
-    The chapters' seed sweeps go through here. Networks of one architecture without batch
-    normalization train together, one stack per architecture (:func:`stack_mlps`; networks keep
-    the order given, so put equal activations side by side), and their trained parameters are
-    written back. Batch normalization couples the examples of a batch, so such networks train
-    one at a time with ``train.train``. The other arguments are ``train.train``'s
-    (``optimizer``: one of :data:`OPTIMIZERS`).
+    06, 07 and 13 run their seed sweeps through here. MLPs of one architecture train together,
+    one stack per architecture (:func:`stack_mlps`; networks keep the order given, so put equal
+    activations side by side), and get ``train.train``'s updates to float32 rounding; their
+    trained parameters are written back. A network a stack would not reproduce trains alone
+    with ``train.train`` itself: batch normalization (its batch statistics couple the
+    examples), a frozen parameter, a module hook, or any other ``nn.Module``. Data must be on
+    the networks' device.
 
-    Returns one history per network, as :func:`histories` gives them, with ``diverged_at``: the
-    first step whose minibatch loss was not finite, else ``None``. A stacked network that
-    diverges goes on with the others (its values become nan or inf); one trained alone stops
-    there, its history ending with the evaluation before.
+    Returns one history per network, in the order given, as :func:`histories` gives them,
+    with ``diverged_at``: the first step whose minibatch loss was not finite, else ``None``.
+    Read divergence from ``diverged_at``: a stacked network that diverges goes on with the
+    others, its parameters and its record to the last step becoming nan or inf, while one
+    trained alone stops there with the parameters of the step before, its record ending with
+    the evaluation before.
     """
     if isinstance(nets, nn.Module) or not isinstance(nets, Sequence):
-        raise ValueError(f"nets must be a list of MLPs, got {type(nets).__name__}")
-    if not isinstance(seeds, Sequence) or len(seeds) != len(nets):
-        raise ValueError(f"seeds must hold one seed per network ({len(nets)}), got {seeds!r}")
+        raise ValueError(f"nets must be a list of networks, got {type(nets).__name__}")
+    for i, net in enumerate(nets):
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"nets[{i}] must be a torch.nn.Module, got {type(net).__name__}")
+        if any(other is net for other in nets[:i]):
+            raise ValueError(f"nets[{i}] is listed twice; build one network per entry")
+    if isinstance(seeds, str) or not isinstance(seeds, Sequence) or len(seeds) != len(nets):
+        raise ValueError(f"seeds must be a list or range of one int per network ({len(nets)}), "
+                         f"got {seeds!r}")
     for i, seed in enumerate(seeds):
         integer(f"seeds[{i}]", seed, 0)
     if optimizer not in OPTIMIZERS:
@@ -508,27 +536,26 @@ def train_many(
     schedule: dict[str, Any] = dict(steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                                     test_data=test_data, eval_every=eval_every, clip=clip)
     out: list[dict[str, object]] = [{} for _ in nets]
+    alone = [i for i, net in enumerate(nets) if _trains_alone(net)]
     stacks: dict[tuple, list[int]] = {}
     for i, net in enumerate(nets):
-        if not isinstance(net, models.MLP):
-            raise ValueError(f"nets[{i}] must be a vanishing.models.MLP, got {type(net).__name__}")
-        if not isinstance(net.blocks[0].norm, nn.BatchNorm1d):
-            stacks.setdefault(_signature(net), []).append(i)
-            continue
-        generator = torch.Generator().manual_seed(seeds[i])
-        try:
-            history = train_mod.train(net, data, generator=generator, **schedule)
-            out[i] = {**history, "diverged_at": None}
-        except train_mod.Diverged as err:
-            out[i] = {**err.history, "diverged_at": err.step}
+        if i not in alone:
+            stacks.setdefault(_signature(cast(models.MLP, net)), []).append(i)
     for members in stacks.values():
-        group = [nets[i] for i in members]
+        group = [cast(models.MLP, nets[i]) for i in members]
         stacked = stack_mlps(group)
         record = train_batched(stacked, data, **schedule,
                                generator=[torch.Generator().manual_seed(seeds[i]) for i in members])
         stacked.copy_to(group)
         for i, one in zip(members, histories(record), strict=True):
             out[i] = one
+    for i in alone:
+        generator = torch.Generator().manual_seed(seeds[i])
+        try:
+            history = train_mod.train(nets[i], data, generator=generator, **schedule)
+            out[i] = {**history, "diverged_at": None}
+        except train_mod.Diverged as err:
+            out[i] = {**err.history, "diverged_at": err.step}
     return out
 
 

@@ -34,6 +34,10 @@ class Diverged(FloatingPointError):
         self.step = step
         self.history = history
 
+    def __reduce__(self) -> tuple:
+        # pickled with its step and record (for a sweep run in worker processes)
+        return type(self), (self.args[0], self.step, self.history)
+
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of rows whose largest logit is at the target class."""
