@@ -12,7 +12,31 @@ import torch
 from torch import nn
 
 import vanishing as vg
-from vanishing import data, models, plots, probes, recurrent, train
+from vanishing import checks, data, models, plots, probes, recurrent, train
+
+
+# ---------------------------------------------------------------- argument checks
+def test_number_check_bounds_and_message():
+    assert checks.number("lr", 3) == 3.0 and checks.number("lr", math.inf) == math.inf
+    for bad in (0, -1.0, math.nan, True, "1", None):
+        with pytest.raises(ValueError, match=r"^lr must be a positive number, got "):
+            checks.number("lr", bad)
+    assert checks.number("eps", 1.0, high=1.0) == 1.0  # high is allowed by default
+    with pytest.raises(ValueError, match=r"^p must be in \(0, 1\), got 1.0$"):
+        checks.number("p", 1.0, high=1.0, high_ok=False, allowed="in (0, 1)")
+    assert checks.number("m", 0, low_ok=True) == 0.0
+    with pytest.raises(ValueError, match="finite"):
+        checks.number("lr", math.inf, high_ok=False, allowed="a positive finite number")
+
+
+def test_choice_and_module_checks():
+    checks.choice("norm", None, (None, "batch"))
+    with pytest.raises(ValueError, match=r"^norm='group' is unknown; allowed: None, batch or a callable$"):
+        checks.choice("norm", "group", (None, "batch"), " or a callable")
+    layer = nn.Linear(2, 2)
+    assert checks.module(layer) is layer
+    with pytest.raises(ValueError, match=r"^model must be a torch.nn.Module, got list$"):
+        checks.module([layer])
 
 
 # ---------------------------------------------------------------- seed, device, scale

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = ["digits", "first_input_recall"]
 
@@ -28,8 +28,7 @@ def digits(
     shape (n, 64) standardized with the training set's mean and spread, and the
     split stratified by class. The data come with scikit-learn: no download.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    number("test_fraction", test_fraction, high=1.0, high_ok=False, allowed="a number in (0, 1)")
     integer("seed", seed, 0)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = [
     "step",
@@ -43,9 +43,7 @@ Number = float | torch.Tensor
 
 
 def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps <= 1.0:
-        raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
-    return float(eps)
+    return number("eps", eps, high=1.0, allowed="a number in (0, 1]")
 
 
 def _tensor(value: Number, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -187,11 +185,8 @@ def fold_points(*, w: float) -> list[tuple[float, float]]:
     At a fold w x(1-x) = 1, so x = (1 ∓ √(1 - 4/w))/2; they exist only for w > 4.
     Between their b values the neuron has three fixed points (two stable).
     """
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 4:
-        raise ValueError(
-            "w must be a number > 4 (for w <= 4 the fixed point is unique and nothing folds), "
-            f"got {w!r}"
-        )
+    number("w", w, low=4.0,
+           allowed="a number > 4 (for w <= 4 the fixed point is unique and nothing folds)")
     root = math.sqrt(1 - 4 / w)
     out = []
     for x in ((1 - root) / 2, (1 + root) / 2):
@@ -243,16 +238,13 @@ def descend(
     histories (``b``, ``w``, ``loss``, ``grad_norm``), each of shape (iters+1, *batch);
     ``grad_norm`` is the norm before clipping and its last row repeats the previous one.
     """
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    number("lr", lr)
     integer("iters", iters)
     if isinstance(clip, torch.Tensor):
         if bool((clip <= 0).any()):
             raise ValueError("clip must be positive (inf for no clipping) in every entry")
-    elif clip is not None and (
-        isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
-    ):
-        raise ValueError(f"clip must be a positive number, a tensor of them, or None, got {clip!r}")
+    elif clip is not None:
+        number("clip", clip, allowed="a positive number, a tensor of them, or None")
     unknown = set(loss_kwargs) - {"x0", "target", "eps", "steps"}
     if unknown:
         raise ValueError(

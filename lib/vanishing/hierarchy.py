@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = [
     "surprise_sequences", "WindowPredictor", "train_predictor", "next_symbol_probs", "compress",
@@ -101,8 +101,7 @@ def train_predictor(
         raise ValueError(f"model must be a WindowPredictor, got {type(model).__name__}")
     integer("steps", steps, 1)
     integer("batch_size", batch_size, 1)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    number("lr", lr)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -142,8 +141,7 @@ def compress(
             f"inputs must be (batch, time, features) and probs (batch, time); "
             f"got {tuple(inputs.shape)} and {tuple(probs.shape)}"
         )
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    number("threshold", threshold, high=1.0, allowed="a number in (0, 1]")
     keep = probs < threshold
     lengths = keep.sum(dim=1)
     width = max(int(lengths.max()), 1)

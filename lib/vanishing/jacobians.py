@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from .checks import choice
+
 __all__ = [
     "ACTIVATIONS",
     "DERIVATIVE_BOUND",
@@ -36,8 +38,7 @@ DERIVATIVE_BOUND = {"sigmoid": 0.25, "tanh": 1.0}
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    choice("activation", activation, ACTIVATIONS)
 
 
 def activate(x: torch.Tensor, activation: str) -> torch.Tensor:

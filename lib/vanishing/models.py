@@ -15,7 +15,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import choice, integer, number
 
 __all__ = ["ACTIVATIONS", "INITS", "NORMS", "activation", "init_weights", "mlp", "MLP", "Block"]
 
@@ -39,8 +39,7 @@ NORMS = (None, "batch", "layer")
 
 def activation(name: str) -> nn.Module:
     """Return a fresh activation module for ``name`` (one of :data:`ACTIVATIONS`)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation={name!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    choice("activation", name, ACTIVATIONS)
     return ACTIVATIONS[name]()
 
 
@@ -70,8 +69,7 @@ def init_weights(
     """
     if not isinstance(layer, nn.Linear):
         raise ValueError(f"layer must be an nn.Linear, got {type(layer).__name__}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"act={act!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    choice("act", act, ACTIVATIONS)
     w = layer.weight
     with torch.no_grad():
         if callable(init):
@@ -175,23 +173,17 @@ def mlp(
     integer("out_features", out_features)
     integer("depth", depth)
     integer("width", width)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
-    if not callable(init) and init not in INITS:
-        raise ValueError(f"init={init!r} is unknown; allowed: {', '.join(INITS)} or a callable")
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is unknown; allowed: None, 'batch', 'layer'")
+    choice("activation", activation, ACTIVATIONS)
+    if not callable(init):
+        choice("init", init, INITS, " or a callable")
+    choice("norm", norm, NORMS)
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")
     if branch_scale is not None:
         if not residual:
             raise ValueError("branch_scale scales residual branches: it needs residual=True")
-        if isinstance(branch_scale, bool) or not isinstance(branch_scale, (int, float)) or not (
-            0 <= branch_scale < math.inf
-        ):
-            raise ValueError(
-                f"branch_scale must be a finite number >= 0 or None, got {branch_scale!r}"
-            )
+        number("branch_scale", branch_scale, low_ok=True, high_ok=False,
+               allowed="a finite number >= 0 or None")
     blocks = [
         Block(in_features if i == 0 else width, width, activation, norm, residual and i > 0)
         for i in range(depth)
@@ -232,12 +224,8 @@ def normal_init(
     """
     if not (callable(mean) or isinstance(mean, (int, float))) or isinstance(mean, bool):
         raise ValueError(f"mean must be a number or a function of fan_in, got {mean!r}")
-    if std is not None and not callable(std) and (
-        isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0
-    ):
-        raise ValueError(
-            f"std must be a positive number, a function of (fan_in, fan_out) or None, got {std!r}"
-        )
+    if std is not None and not callable(std):
+        number("std", std, allowed="a positive number, a function of (fan_in, fan_out) or None")
 
     def init(w: torch.Tensor) -> None:
         fan_in, fan_out = _fans(w)

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import checkup as _checkup
 from . import probes
-from .checks import integer
+from .checks import integer, module, number
 
 __all__ = ["Monitor", "MonitorCallback", "STALL_RATIO"]
 
@@ -54,15 +54,12 @@ class Monitor:
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 50,
                  thresholds: Mapping[str, float] | None = None,
                  stall_ratio: float | None = None):
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        model = _checkup.eager(model)
+        model = _checkup.eager(module(model))
         self.optimizer = _checkup.torch_optimizer(optimizer)
         integer("every", every)
-        if stall_ratio is not None and (
-                isinstance(stall_ratio, bool) or not isinstance(stall_ratio, (int, float))
-                or not 0 < stall_ratio < 1):
-            raise ValueError(f"stall_ratio must be None or a number in (0, 1), got {stall_ratio!r}")
+        if stall_ratio is not None:
+            number("stall_ratio", stall_ratio, high=1.0, high_ok=False,
+                   allowed="None or a number in (0, 1)")
         self.every = every
         self.thresholds = _checkup._check_thresholds(thresholds)
         if stall_ratio is not None:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import models
+from . import checks, models
 
 __all__ = [
     "SATURATING", "RECTIFIERS", "ACTIVATION_TYPES", "Signal", "signals", "safe_norm", "call",
@@ -319,8 +319,7 @@ def signals(
     and the user's backward hooks are silenced, so nothing the user registered
     fires and ``.grad`` stays untouched; see :func:`preserved` for what else is restored.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = checks.module(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             "model has no parameters that require grad: there is no gradient to measure"
@@ -491,8 +490,7 @@ def weight_names(model: nn.Module) -> list[str]:
 
 
 def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = checks.module(model)
     if not any(True for _ in model.parameters()):
         raise ValueError("model has no parameters: there is no gradient to measure")
 
@@ -649,8 +647,7 @@ def inactive_fraction(
     the whole batch. For a leaky ReLU it is merely "off": it still passes a
     gradient scaled by the leak, so it can come back.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = checks.module(model)
     seen = [x for _, x, _ in _activation_pass(model, inputs, train)]
     return [float((z.reshape(-1, z.shape[-1]) <= 0).all(dim=0).float().mean()) for z in seen]
 

@@ -22,7 +22,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = [
     "MAX_ENUMERATE",
@@ -52,12 +52,6 @@ def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     ).to(p.dtype)
 
 
-def _positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
 class RBM(nn.Module):
     """A binary-binary restricted Boltzmann machine with ``visible`` and ``hidden`` units.
 
@@ -71,8 +65,7 @@ class RBM(nn.Module):
         super().__init__()
         integer("visible", visible)
         integer("hidden", hidden)
-        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
-            raise ValueError(f"init_std must be a non-negative number, got {init_std!r}")
+        number("init_std", init_std, low_ok=True, allowed="a non-negative number")
         self.W = nn.Parameter(
             torch.randn(hidden, visible, generator=generator) * init_std, requires_grad=False
         )
@@ -150,13 +143,12 @@ def train_rbm(
     if float(data.min()) < 0 or float(data.max()) > 1:
         raise ValueError("data must lie in [0, 1] (probabilities or binary pixels)")
     integer("epochs", epochs)
-    _positive_float("lr", lr)
+    number("lr", lr)
     integer("k", k)
     integer("batch_size", batch_size)
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+    number("momentum", momentum, high=1.0, low_ok=True, high_ok=False,
+           allowed="a number in [0, 1)")
+    number("weight_decay", weight_decay, low_ok=True, allowed="a non-negative number")
     n = data.shape[0]
     vel = [torch.zeros_like(p) for p in (rbm.W, rbm.b_v, rbm.b_h)]
     history: dict[str, list[float]] = {"epoch": [], "recon_error": [], "free_energy": []}

@@ -12,7 +12,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import choice, integer, number
 from .train import check_schedule
 
 __all__ = [
@@ -58,13 +58,11 @@ def rnn(
     default, which draws both bias vectors uniformly from +-1/sqrt(hidden_size):
     a random forget bias centred on zero.
     """
-    if cell not in CELLS:
-        raise ValueError(f"cell={cell!r} is unknown; allowed: {', '.join(CELLS)}")
+    choice("cell", cell, CELLS)
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("output_size", output_size), ("num_layers", num_layers)):
         integer(name, value)
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity={nonlinearity!r} is unknown; allowed: 'tanh', 'relu'")
+    choice("nonlinearity", nonlinearity, ("tanh", "relu"))
     if forget_bias is not None and cell != "lstm":
         raise ValueError(f"forget_bias applies to cell='lstm' only, got cell={cell!r}")
     if cell == "rnn":
@@ -194,10 +192,8 @@ def side_by_side_logits(
     or ``nn.GRU``, so that model k computes what its own module computes; batching the K models
     into one matrix product per step is what makes a sweep over seeds fast on a CPU.
     """
-    if cell not in CELLS:
-        raise ValueError(f"cell={cell!r} is unknown; allowed: {', '.join(CELLS)}")
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity={nonlinearity!r} is unknown; allowed: 'tanh', 'relu'")
+    choice("cell", cell, CELLS)
+    choice("nonlinearity", nonlinearity, ("tanh", "relu"))
     if x.dim() != 4:
         raise ValueError(f"x must have shape (models, batch, time, features), got {tuple(x.shape)}")
     act = torch.relu if nonlinearity == "relu" else torch.tanh
@@ -265,8 +261,8 @@ def train_side_by_side(
         raise ValueError("data: every model's (inputs, targets) must have the same number of rows")
     check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
                    clip=clip, batch_size=batch_size, n=n)
-    if any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 for lr in lrs):
-        raise ValueError(f"lrs must be positive numbers, got {lrs!r}")
+    for i, lr in enumerate(lrs):
+        number(f"lrs[{i}]", lr)
     nonlinearity = getattr(core, "nonlinearity", "tanh")
     names = [k for k, _ in models[0].named_parameters()]
     rates = sorted(set(lrs))  # one stacked leaf per rate, so that one Adam holds a group per rate

@@ -28,7 +28,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import choice, integer, module, number
 
 __all__ = [
     "SearchResult",
@@ -69,8 +69,7 @@ class SearchResult:
 
 
 def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = module(model)
     if not any(True for _ in model.parameters()):
         raise ValueError("model has no parameters to search over")
 
@@ -225,10 +224,8 @@ def evolution_strategy(
     integer("parents", parents)
     if parents > population:
         raise ValueError(f"parents must be at most population={population}, got {parents!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    if not init_scale > 0:
-        raise ValueError(f"init_scale must be positive, got {init_scale!r}")
+    number("sigma", sigma)
+    number("init_scale", init_scale)
     gen = torch.Generator().manual_seed(seed)
     n = flat_parameters(model).numel()
     pool: list[tuple[float, torch.Tensor]] = []
@@ -307,10 +304,8 @@ def antithetic_es(
     _check_model(model)
     _check_common(max_evals, target)
     integer("pairs", pairs)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    number("sigma", sigma)
+    number("lr", lr)
     if max_evals < 2 * pairs + 2:
         raise ValueError(
             f"max_evals must allow the start and one generation, at least 2*pairs+2 = "
@@ -368,10 +363,8 @@ def gradient_descent(
     """
     _check_model(model)
     integer("max_steps", max_steps)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: 'adam', 'sgd'")
+    number("lr", lr)
+    choice("optimizer", optimizer, ("adam", "sgd"))
     opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=lr)
     history: list[float] = []
     best_fit, best = -float("inf"), flat_parameters(model)

@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .checks import number
+
 __all__ = ["Spread", "spread", "count"]
 
 
@@ -70,10 +72,6 @@ def spread(values: Iterable[float]) -> Spread:
 
 def count(values: Iterable[float], threshold: float, *, above: bool = True) -> int:
     """How many seeds reach ``threshold`` (``>=`` it, or ``<=`` it with ``above=False``)."""
-    if (
-        isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-        or math.isnan(threshold)
-    ):
-        raise ValueError(f"count: threshold must be a number, got {threshold!r}")
+    number("count: threshold", threshold, -math.inf, low_ok=True, allowed="a number")
     out = _values(values, "count")
     return sum(v >= threshold for v in out) if above else sum(v <= threshold for v in out)

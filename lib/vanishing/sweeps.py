@@ -33,7 +33,7 @@ from torch import nn
 
 from . import models
 from . import train as train_mod
-from .checks import integer
+from .checks import choice, integer
 from .runtime import progress
 
 __all__ = [
@@ -255,8 +255,7 @@ def _check_data(
     """Validate a pair (inputs, targets) for ``loss`` and move it to the stack's device."""
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise ValueError(f"{name}: inputs and targets must be tensors")
-    if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
+    choice("loss", loss, LOSSES)
     fan_in, n_out = stacked.weights[0].shape[2], stacked.weights[-1].shape[1]
     if inputs.dim() != 2 or inputs.shape[1] != fan_in:
         raise ValueError(
@@ -503,8 +502,7 @@ def train_many(
         raise ValueError(f"seeds must hold one seed per network ({len(nets)}), got {seeds!r}")
     for i, seed in enumerate(seeds):
         integer(f"seeds[{i}]", seed, 0)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    choice("optimizer", optimizer, OPTIMIZERS)
     schedule: dict[str, Any] = dict(steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                                     test_data=test_data, eval_every=eval_every, clip=clip)
     out: list[dict[str, object]] = [{} for _ in nets]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import choice, integer, module, number
 from .probes import weight_names
 from .runtime import progress
 
@@ -47,14 +47,10 @@ def check_schedule(
     """Validate the arguments every training loop of the library shares, naming the bad one."""
     for name, value in (("steps", steps), ("eval_every", eval_every)):
         integer(name, value)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if optimizer not in allowed:
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(allowed)}")
-    if clip is not None and (
-        isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
-    ):
-        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+    number("lr", lr)
+    choice("optimizer", optimizer, allowed)
+    if clip is not None:
+        number("clip", clip, allowed="a positive number or None")
     if batch_size is not None:
         integer("batch_size", batch_size, 1, n)
 
@@ -116,8 +112,7 @@ def train(
     ``test_loss``, ``test_acc`` and ``grad_norms`` (a list of dicts) when recorded.
     A loss that stops being finite raises :class:`Diverged` (a ``FloatingPointError``).
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    module(model)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
     inputs, targets = data
@@ -126,14 +121,14 @@ def train(
     n = len(inputs)
     check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
                    allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
+    if not callable(loss):
+        choice("loss", loss, LOSSES, " or a callable")
     if callable(loss):
         loss_fn = loss
     elif loss == "cross_entropy":
         loss_fn = nn.functional.cross_entropy
-    elif loss == "mse":
-        loss_fn = nn.functional.mse_loss
     else:
-        raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)} or a callable")
+        loss_fn = nn.functional.mse_loss
     classify = loss == "cross_entropy"
 
     opt = _optimizer(optimizer, model.parameters(), lr)
