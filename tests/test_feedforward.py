@@ -111,13 +111,14 @@ def test_gradient_predictiveness_on_a_quadratic():
 
 
 def test_gradient_profile_keeps_tiny_gradients():
-    # Entries of 1e-25 square to 1e-50, below float32's range: the norm must still be positive.
+    # Inputs of 1e-25 make the first layer's gradient entries about 1e-25; they square to 1e-50, below
+    # float32's range: the norm must still be positive.
     torch.manual_seed(0)
-    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    scaled = lambda out, t: 1e-25 * nn.functional.cross_entropy(out, t)
-    prof = probes.gradient_profile(inputs=x, targets=y, depth=2, width=4, activation="tanh", init="xavier",
-                                loss_fn=scaled)
-    assert np.all(prof > 0)
+    x, y = 1e-25 * torch.randn(8, 4), torch.randint(0, 2, (8,))
+    prof = probes.gradient_profile(inputs=x, targets=y, depth=2, width=4, activation="tanh", init="xavier")
+    assert np.all(prof > 0) and np.all(prof[:, 0] < 1e-20)
+    with pytest.raises(ValueError, match="targets must be class indices"):
+        probes.gradient_profile(inputs=x, targets=y.float(), depth=2, width=4, activation="tanh", init="xavier")
 
 
 @pytest.mark.parametrize(
@@ -126,19 +127,17 @@ def test_gradient_profile_keeps_tiny_gradients():
         dict(activation="tanh", init="xavier"),  # stacked, cross-entropy
         dict(activation="sigmoid", init=models.normal_init(std=0.3), norm="layer"),  # stacked, callable init
         dict(activation="relu", init="he", norm="batch"),  # one network at a time (batch norm couples examples)
-        dict(activation="gelu", init="he", loss_fn=lambda out, t: (out - t.float().unsqueeze(1)).abs().mean()),
     ],
 )
 def test_gradient_profile_equals_one_network_at_a_time(kw):
     # Stacked or not, each row is what probes measures on models.mlp built right after torch.manual_seed(seed).
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(12, 3, generator=g), torch.randint(0, 2, (12,), generator=g)
-    loss_fn = kw.pop("loss_fn", nn.functional.cross_entropy)
-    prof = probes.gradient_profile(inputs=x, targets=y, depth=3, width=5, seeds=(0, 4), loss_fn=loss_fn, **kw)
+    prof = probes.gradient_profile(inputs=x, targets=y, depth=3, width=5, seeds=(0, 4), **kw)
     for row, seed in zip(prof, (0, 4), strict=True):
         torch.manual_seed(seed)
         net = models.mlp(in_features=3, out_features=2, depth=3, width=5, **kw)
         net.train()
-        grads = torch.autograd.grad(loss_fn(net(x), y), [lin.weight for lin in net.linears()])
+        grads = torch.autograd.grad(nn.functional.cross_entropy(net(x), y), [lin.weight for lin in net.linears()])
         expected = [float(gr.double().norm()) for gr in grads]
         np.testing.assert_allclose(row, expected, rtol=1e-5)

@@ -599,24 +599,24 @@ def gradient_profile(
     init: str | models.Init,
     norm: str | None = None,
     seeds: Sequence[int] = (0,),
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
-    train: bool | None = True,
 ) -> np.ndarray:
     """Per-layer gradient norms ||dL/dW_l|| of freshly built networks, one row per seed.
 
     Builds ``models.mlp`` with the given shape for each seed (torch's global
-    generator is seeded with it), measures the gradient norms on
-    ``(inputs, targets)`` (as :func:`grad_norms` does) and returns an array of shape
-    ``(len(seeds), depth + 1)``: hidden layers from the input, read-out last.
+    generator is seeded with it), measures the gradient norms of the cross-entropy on
+    ``(inputs, targets)`` (class indices; as :func:`grad_norms` does, in training mode)
+    and returns an array of shape ``(len(seeds), depth + 1)``: hidden layers from the
+    input, read-out last.
 
-    Where the networks can be stacked (no batch normalization, the loss cross-entropy
-    or mean squared error) all seeds are measured in one pass of
+    Without batch normalization all seeds are measured in one pass of
     :mod:`vanishing.sweeps`, which gives the same numbers (bit for bit on the build
-    machine); otherwise one network at a time.
+    machine); with it (it couples the examples of a batch) one network at a time.
     """
     if len(seeds) == 0:
         raise ValueError("seeds must hold at least one seed")
-    out_features = int(targets.max()) + 1 if targets.dtype == torch.long else int(targets.shape[-1])
+    if targets.dtype != torch.long:
+        raise ValueError(f"targets must be class indices (dtype long), got {targets.dtype}")
+    out_features = int(targets.max()) + 1
     nets = []
     for s in seeds:
         torch.manual_seed(int(s))
@@ -626,15 +626,11 @@ def gradient_profile(
         ).to(inputs.device))
     from . import sweeps  # here, not at the top: sweeps imports train, which imports probes
 
-    stacked_loss = {
-        nn.functional.cross_entropy: "cross_entropy", nn.functional.mse_loss: "mse"
-    }.get(loss_fn)
-    if norm != "batch" and stacked_loss is not None:
-        return sweeps.grad_norms_batched(
-            sweeps.stack_mlps(nets), inputs, targets, loss=stacked_loss
-        ).numpy()
-    return np.asarray([list(grad_norms(net, inputs, targets, loss_fn, train=train).values())
-                       for net in nets], dtype=float)
+    if norm != "batch":
+        return sweeps.grad_norms_batched(sweeps.stack_mlps(nets), inputs, targets).numpy()
+    return np.asarray(
+        [list(grad_norms(net, inputs, targets, nn.functional.cross_entropy, train=True).values())
+         for net in nets], dtype=float)
 
 
 def inactive_fraction(
