@@ -298,7 +298,7 @@ def test_train_clip_and_errors():
         (dict(lr=-1.0), "lr"),
         (dict(optimizer="lbfgs"), "optimizer='lbfgs' is unknown"),
         (dict(batch_size=1000), "batch_size"),
-        (dict(loss="hinge"), "loss='hinge' is unknown"),
+        (dict(optimizer="rprop"), "optimizer='rprop' is unknown"),
         (dict(clip=0), "clip"),
     ]:
         with pytest.raises(ValueError, match=match):

@@ -290,7 +290,7 @@ def test_train_history_shape(steps, eval_every, batch_size, optimizer, clip, rec
 
 
 @FAST
-@given(param=st.sampled_from(["steps", "eval_every", "lr", "optimizer", "batch_size", "clip", "loss"]),
+@given(param=st.sampled_from(["steps", "eval_every", "lr", "optimizer", "batch_size", "clip"]),
        data_=st.data())
 def test_train_rejects_bad_arguments(param, data_):
     bad = {
@@ -300,7 +300,6 @@ def test_train_rejects_bad_arguments(param, data_):
         "optimizer": words.filter(lambda s: s not in train.OPTIMIZERS),
         "batch_size": st.one_of(st.integers(max_value=0), st.integers(min_value=13), st.just(True)),
         "clip": st.one_of(st.floats(max_value=0.0), st.just(float("nan"))),
-        "loss": words.filter(lambda s: s not in train.LOSSES),
     }[param]
     kw = dict(steps=2, lr=0.1, batch_size=4) | {param: data_.draw(bad)}
     with raises_naming(param):

@@ -1,13 +1,11 @@
 """One small training loop that every chapter shares, returning a plain history.
 
-The loop is deliberately ordinary - minibatch SGD or Adam, an optional
-gradient-norm clip - so that what changes between experiments is the model,
-never the training procedure.
+The loop is deliberately ordinary - cross-entropy, minibatch SGD (with or without
+momentum) or Adam, an optional gradient-norm clip - so that what changes between
+experiments is the model, never the training procedure.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -16,10 +14,9 @@ from .checks import choice, integer, module, number
 from .probes import weight_names
 from .runtime import progress
 
-__all__ = ["OPTIMIZERS", "LOSSES", "Diverged", "train", "accuracy", "check_schedule", "draw_batch"]
+__all__ = ["OPTIMIZERS", "Diverged", "train", "accuracy", "check_schedule", "draw_batch"]
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "rprop")
-LOSSES = ("cross_entropy", "mse")
+OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 class Diverged(FloatingPointError):
@@ -76,11 +73,7 @@ def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr)
     if name == "momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    return torch.optim.Rprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
 
 
 def train(
@@ -91,14 +84,15 @@ def train(
     lr: float,
     batch_size: int | None = 64,
     optimizer: str = "sgd",
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     eval_every: int = 10,
     clip: float | None = None,
     record_grad_norms: bool = False,
     generator: torch.Generator | None = None,
 ) -> dict[str, list]:
-    """Train ``model`` on ``data = (inputs, targets)`` for ``steps`` updates.
+    """Train ``model`` on ``data = (inputs, targets)`` (class indices) for ``steps`` updates of
+    the cross-entropy with ``optimizer`` (one of :data:`OPTIMIZERS`; ``"momentum"`` is SGD with
+    momentum 0.9).
 
     ``batch_size=None`` uses the whole set each step (full-batch). Minibatches
     are drawn with ``generator`` (or torch's global generator, seeded by
@@ -108,8 +102,8 @@ def train(
     weight matrix on that step's batch. ``clip`` rescales the whole gradient to
     at most that norm (Pascanu et al. 2013).
 
-    Returns a dict of lists: ``step``, ``loss``, ``acc`` (classification only),
-    ``test_loss``, ``test_acc`` and ``grad_norms`` (a list of dicts) when recorded.
+    Returns a dict of lists: ``step``, ``loss``, ``acc``, ``test_loss`` and ``test_acc``
+    (with ``test_data``) and ``grad_norms`` (a list of dicts) when recorded.
     A loss that stops being finite raises :class:`Diverged` (a ``FloatingPointError``).
     """
     module(model)
@@ -121,26 +115,14 @@ def train(
     n = len(inputs)
     check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
                    allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
-    if not callable(loss):
-        choice("loss", loss, LOSSES, " or a callable")
-    if callable(loss):
-        loss_fn = loss
-    elif loss == "cross_entropy":
-        loss_fn = nn.functional.cross_entropy
-    else:
-        loss_fn = nn.functional.mse_loss
-    classify = loss == "cross_entropy"
+    loss_fn = nn.functional.cross_entropy
 
     opt = _optimizer(optimizer, model.parameters(), lr)
     names = weight_names(model)
     params = dict(model.named_parameters())
-    history: dict[str, list] = {"step": [], "loss": []}
-    if classify:
-        history["acc"] = []
+    history: dict[str, list] = {"step": [], "loss": [], "acc": []}
     if test_data is not None:
-        history["test_loss"] = []
-        if classify:
-            history["test_acc"] = []
+        history["test_loss"], history["test_acc"] = [], []
     if record_grad_norms:
         history["grad_norms"] = []
 
@@ -154,8 +136,7 @@ def train(
             for prefix, (x, y) in sets:
                 out = model(x)
                 history[prefix + "loss"].append(float(loss_fn(out, y)))
-                if classify:
-                    history[prefix + "acc"].append(accuracy(out, y))
+                history[prefix + "acc"].append(accuracy(out, y))
         model.train(was_training)
         history["step"].append(step)
         if record_grad_norms:
