@@ -14,11 +14,6 @@ from .checks import integer, number
 __all__ = ["digits", "first_input_recall"]
 
 
-def _gen(seed: int) -> torch.Generator:
-    integer("seed", seed, 0)
-    return torch.Generator().manual_seed(seed)
-
-
 def digits(
     *, test_fraction: float = 0.25, seed: int = 0, device: torch.device | str = "cpu",
     unit: bool = False,
@@ -66,7 +61,7 @@ def first_input_recall(
     integer("n", n, 1)
     integer("lag", lag, 1)
     integer("symbols", symbols, 2)
-    g = _gen(seed)
+    g = torch.Generator().manual_seed(integer("seed", seed, 0))
     seq = torch.randint(0, symbols, (n, lag + 1), generator=g)
     inputs = torch.nn.functional.one_hot(seq, symbols).float()
     return inputs, seq[:, 0].clone()

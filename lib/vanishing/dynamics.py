@@ -3,9 +3,10 @@ the loss wall.
 
 The network is the discrete map
 
-    x_{t+1} = (1 - ε) x_t + ε σ(w x_t + b) + ε w' u_t,
+    x_{t+1} = (1 - ε) x_t + ε σ(w x_t + b) + ε u_t,
 
-an Euler step of dx/dt = -x + σ(w x + b) + w' u. With u = 0 its fixed points
+an Euler step of dx/dt = -x + σ(w x + b) + u (Doya's input term w' u, with the
+input weight folded into u). With u = 0 its fixed points
 solve x = σ(w x + b), i.e. they lie on the curve b = logit(x) - w x; for
 w > 4 that curve folds twice and the neuron becomes bistable. Near the
 unstable fixed point between the two attractors the end state is extremely
@@ -25,7 +26,6 @@ import torch
 from .checks import integer, number
 
 __all__ = [
-    "step",
     "simulate",
     "end_state_gradients",
     "sensitivities",
@@ -50,15 +50,6 @@ def _tensor(value: Number, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=dtype)
 
 
-def step(
-    x: Number, *, w: Number, b: Number, eps: float, u: Number = 0.0, w_in: Number = 1.0
-) -> torch.Tensor:
-    """One step of the map: (1-ε)x + ε σ(w x + b) + ε w' u (broadcasting over tensors)."""
-    eps = _check_eps(eps)
-    x = _tensor(x)
-    return (1 - eps) * x + eps * torch.sigmoid(w * x + b) + eps * w_in * u
-
-
 def simulate(
     x0: Number,
     *,
@@ -67,10 +58,10 @@ def simulate(
     eps: float,
     steps: int,
     u: Number = 0.0,
-    w_in: Number = 1.0,
     trajectory: bool = False,
 ) -> torch.Tensor:
-    """Iterate :func:`step` ``steps`` times from ``x0`` (time T = steps·ε in the flow's units).
+    """Iterate the map (1-ε)x + ε σ(w x + b) + ε u ``steps`` times from ``x0`` (time
+    T = steps·ε in the flow's units).
 
     Arguments broadcast, so ``b`` may hold thousands of biases. ``u`` is a
     constant input. Returns x(T), or with ``trajectory=True`` every state,
@@ -83,7 +74,7 @@ def simulate(
     x = x * torch.ones_like(_tensor(b) * _tensor(w))
     states = [x]
     for _ in range(steps):
-        x = (1 - eps) * x + eps * torch.sigmoid(w * x + b) + eps * w_in * u
+        x = (1 - eps) * x + eps * torch.sigmoid(w * x + b) + eps * u
         if trajectory:
             states.append(x)
     return torch.stack(states) if trajectory else x

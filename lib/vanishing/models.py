@@ -17,7 +17,7 @@ from torch import nn
 
 from .checks import choice, integer, number
 
-__all__ = ["ACTIVATIONS", "INITS", "NORMS", "activation", "init_weights", "mlp", "MLP", "Block"]
+__all__ = ["ACTIVATIONS", "INITS", "NORMS", "activation", "mlp", "MLP", "Block"]
 
 #: Activation names the builders accept, mapped to their module classes.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -55,7 +55,7 @@ def _gain(act: str) -> float:
     return 1.0
 
 
-def init_weights(
+def _init_weights(
     layer: nn.Linear, init: str | Callable[[torch.Tensor], None], act: str = "linear"
 ) -> None:
     """Initialize ``layer`` in place with scheme ``init`` for an ``act`` nonlinearity.
@@ -66,10 +66,8 @@ def init_weights(
     a random orthogonal matrix scaled by the activation's gain; ``"default"``:
     torch's own uniform init. A callable receives the weight tensor and fills
     it in place, for schemes a chapter invents (it must not return a value).
+    :func:`mlp`, the one caller, has checked ``init`` and ``act``.
     """
-    if not isinstance(layer, nn.Linear):
-        raise ValueError(f"layer must be an nn.Linear, got {type(layer).__name__}")
-    choice("act", act, ACTIVATIONS)
     w = layer.weight
     with torch.no_grad():
         if callable(init):
@@ -84,10 +82,8 @@ def init_weights(
             nn.init.kaiming_normal_(w, a=slope, nonlinearity="leaky_relu")
         elif init == "lecun":
             nn.init.normal_(w, 0.0, 1.0 / math.sqrt(w.shape[1]))
-        elif init == "orthogonal":
+        else:  # "orthogonal"
             nn.init.orthogonal_(w, gain=_gain(act))
-        else:
-            raise ValueError(f"init={init!r} is unknown; allowed: {', '.join(INITS)} or a callable")
         if layer.bias is not None:
             layer.bias.zero_()
 
@@ -190,8 +186,8 @@ def mlp(
     ]
     head = nn.Linear(width, out_features)
     for b in blocks:
-        init_weights(b.linear, init, activation)
-    init_weights(head, init, "linear")
+        _init_weights(b.linear, init, activation)
+    _init_weights(head, init, "linear")
     if branch_scale is not None:
         with torch.no_grad():
             for b in blocks:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -317,8 +318,7 @@ def time_call(
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median_high(times)
 
 
 def matmul_throughput(

@@ -46,11 +46,10 @@ def rnn(
     input_size: int,
     hidden_size: int,
     output_size: int,
-    num_layers: int = 1,
     nonlinearity: str = "tanh",
     forget_bias: float | None = None,
 ) -> SequenceModel:
-    """Build a sequence model with ``cell`` in ``("rnn", "lstm", "gru")``.
+    """Build a one-layer sequence model with ``cell`` in ``("rnn", "lstm", "gru")``.
 
     ``nonlinearity`` (``"tanh"`` or ``"relu"``) applies to the vanilla RNN only.
     ``forget_bias`` sets the LSTM's forget-gate bias (Gers et al. 2000 advise a
@@ -60,17 +59,17 @@ def rnn(
     """
     choice("cell", cell, CELLS)
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                        ("output_size", output_size), ("num_layers", num_layers)):
+                        ("output_size", output_size)):
         integer(name, value)
     choice("nonlinearity", nonlinearity, ("tanh", "relu"))
     if forget_bias is not None and cell != "lstm":
         raise ValueError(f"forget_bias applies to cell='lstm' only, got cell={cell!r}")
     if cell == "rnn":
         core: nn.RNNBase = nn.RNN(
-            input_size, hidden_size, num_layers, nonlinearity=nonlinearity, batch_first=True
+            input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True
         )
     elif cell == "lstm":
-        core = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
+        core = nn.LSTM(input_size, hidden_size, batch_first=True)
         if forget_bias is not None:
             with torch.no_grad():
                 for name, p in core.named_parameters():
@@ -81,7 +80,7 @@ def rnn(
                     elif name.startswith("bias_hh"):
                         p[hidden_size:2 * hidden_size] = 0.0
     else:
-        core = nn.GRU(input_size, hidden_size, num_layers, batch_first=True)
+        core = nn.GRU(input_size, hidden_size, batch_first=True)
     return SequenceModel(core, nn.Linear(hidden_size, output_size))
 
 
@@ -160,22 +159,20 @@ def cell_contributions(trace: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def input_grad_by_lag(
-    model: SequenceModel, x: torch.Tensor, targets: torch.Tensor,
-    loss_fn=nn.functional.cross_entropy,
+    model: SequenceModel, x: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """Mean over the batch of ||dL/dx_t|| for every step t, as a tensor indexed by lag T - t.
 
     Entry ``k`` is the gradient norm at the input ``k`` steps before the last
-    one (``k = 0`` is the last input). The loss is read from the last step, so
+    one (``k = 0`` is the last input). The loss, the cross-entropy of the output with
+    ``targets``, is read from the last step, so
     this is how much the error signal has shrunk after travelling back ``k``
     steps in time.
     """
     if not isinstance(model, SequenceModel):
         raise ValueError(f"model must be a SequenceModel, got {type(model).__name__}")
     x = x.detach().clone().requires_grad_(True)
-    loss = loss_fn(model(x), targets)
-    if loss.dim() != 0:
-        raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
+    loss = nn.functional.cross_entropy(model(x), targets)
     (g,) = torch.autograd.grad(loss, x)
     return g.norm(dim=2).mean(dim=0).flip(0).detach()
 

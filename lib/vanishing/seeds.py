@@ -13,6 +13,7 @@ with :func:`spread`, and outcomes against a stated threshold ("learns in 4 of
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -65,9 +66,7 @@ def spread(values: Iterable[float]) -> Spread:
     divergence, counts).
     """
     out = sorted(_values(values, "spread"))
-    n = len(out)
-    median = out[n // 2] if n % 2 else (out[n // 2 - 1] + out[n // 2]) / 2
-    return Spread(median=median, low=out[0], high=out[-1], n=n)
+    return Spread(median=statistics.median(out), low=out[0], high=out[-1], n=len(out))
 
 
 def count(values: Iterable[float], threshold: float, *, above: bool = True) -> int:
