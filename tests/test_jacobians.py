@@ -23,7 +23,7 @@ def _net(n: int = 3, steps: int = 5, activation: str = "sigmoid", seed: int = 0)
 def test_derivative_matches_autograd_and_bounds():
     z = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
     for act in jb.ACTIVATIONS:
-        (d,) = torch.autograd.grad(jb.activate(z, act).sum(), z)
+        (d,) = torch.autograd.grad(jb._activate(z, act).sum(), z)
         assert torch.allclose(jb.derivative(z.detach(), act), d)
         assert float(d.max()) == pytest.approx(jb.DERIVATIVE_BOUND[act], rel=1e-12)
 
@@ -102,7 +102,7 @@ def test_horizons_errors(bad):
 def test_errors():
     x0, u, w_rec, w_in, b = _net()
     with pytest.raises(ValueError, match="activation"):
-        jb.activate(x0, "relu")
+        jb._activate(x0, "relu")
     with pytest.raises(ValueError, match="w_rec"):
         jb.unroll(x0, u, w_rec=torch.zeros(3, 2), w_in=w_in, b=b)
     with pytest.raises(ValueError, match="x0"):

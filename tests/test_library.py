@@ -326,7 +326,7 @@ def test_synthetic_tasks():
 
 
 # ---------------------------------------------------------------- recurrent builders
-@pytest.mark.parametrize("cell", recurrent.CELLS)
+@pytest.mark.parametrize("cell", recurrent._CELLS)
 def test_rnn_builder(cell):
     m = recurrent.rnn(cell=cell, input_size=2, hidden_size=5, output_size=3)
     assert m(torch.randn(4, 7, 2)).shape == (4, 3)
@@ -374,7 +374,7 @@ def test_integer_arguments_name_their_allowed_range():
     with pytest.raises(ValueError, match=r"seed: value must be an int in \[0, 4294967295\], got 4294967296"):
         vg.seed(2**32)
     with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, 8\], got 9"):
-        train.check_schedule(steps=1, eval_every=1, lr=0.1, optimizer="sgd", allowed=("sgd",), clip=None,
+        train._check_schedule(steps=1, eval_every=1, lr=0.1, optimizer="sgd", allowed=("sgd",), clip=None,
                              batch_size=9, n=8)
     with pytest.raises(ValueError, match=r"seed must be an int >= 0, got -1"):
         data.first_input_recall(4, lag=3, seed=-1)

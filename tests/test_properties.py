@@ -29,7 +29,7 @@ FEW = settings(max_examples=8, deadline=None, database=None, suppress_health_che
 
 small = st.integers(1, 6)
 activations = st.sampled_from(list(models.ACTIVATIONS))
-inits = st.sampled_from(models.INITS)
+inits = st.sampled_from(models._INITS)
 norms = st.sampled_from(models.NORMS)
 bad_ints = st.one_of(st.integers(max_value=0), st.just(True), st.floats(0.5, 9.5), st.just("3"))
 # Names that are not in a given set of allowed names.
@@ -185,7 +185,7 @@ def test_unknown_activation(act):
 
 
 @FAST
-@given(init=words.filter(lambda s: s not in models.INITS), norm=words.filter(lambda s: s not in models.NORMS),
+@given(init=words.filter(lambda s: s not in models._INITS), norm=words.filter(lambda s: s not in models.NORMS),
        residual=st.sampled_from([0, 1, "yes", None]))
 def test_unknown_init_norm_residual(init, norm, residual):
     with raises_naming("init"):
@@ -345,7 +345,7 @@ def test_first_input_recall_rejects_bad_arguments(param, value):
 
 
 @FAST
-@given(cell=st.sampled_from(recurrent.CELLS), in_f=small, hidden=small, out_f=small,
+@given(cell=st.sampled_from(recurrent._CELLS), in_f=small, hidden=small, out_f=small,
        nonlin=st.sampled_from(["tanh", "relu"]), batch=st.integers(1, 4), time=st.integers(1, 6))
 def test_rnn_output_shape(cell, in_f, hidden, out_f, nonlin, batch, time):
     model = recurrent.rnn(cell=cell, input_size=in_f, hidden_size=hidden, output_size=out_f, nonlinearity=nonlin)
@@ -369,7 +369,7 @@ def test_lstm_forget_bias(hidden, bias):
 def test_rnn_rejects_bad_arguments(param, data_):
     kw = dict(input_size=2, hidden_size=3, output_size=1)
     if param == "cell":
-        kw["cell"] = data_.draw(words.filter(lambda s: s not in recurrent.CELLS))
+        kw["cell"] = data_.draw(words.filter(lambda s: s not in recurrent._CELLS))
     elif param == "nonlinearity":
         kw["nonlinearity"] = data_.draw(words.filter(lambda s: s not in ("tanh", "relu")))
     elif param == "forget_bias":

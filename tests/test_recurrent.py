@@ -9,7 +9,7 @@ from vanishing import recurrent
 
 
 def test_rnn_builder_shapes_and_forget_bias():
-    for cell in recurrent.CELLS:
+    for cell in recurrent._CELLS:
         m = recurrent.rnn(cell=cell, input_size=3, hidden_size=5, output_size=2)
         assert m(torch.zeros(4, 7, 3)).shape == (4, 2)
     m = recurrent.rnn(cell="lstm", input_size=3, hidden_size=5, output_size=2, forget_bias=2.0)

@@ -21,7 +21,6 @@ from .checks import choice, number
 __all__ = [
     "ACTIVATIONS",
     "DERIVATIVE_BOUND",
-    "activate",
     "derivative",
     "unroll",
     "step_jacobians",
@@ -41,7 +40,7 @@ def _check_activation(activation: str) -> None:
     choice("activation", activation, ACTIVATIONS)
 
 
-def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     """σ(x) for ``activation`` in :data:`ACTIVATIONS`, elementwise."""
     _check_activation(activation)
     return torch.sigmoid(x) if activation == "sigmoid" else torch.tanh(x)
@@ -50,7 +49,7 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
 def derivative(x: torch.Tensor, activation: str) -> torch.Tensor:
     """σ'(x) in closed form: σ(1-σ) for the sigmoid, 1 - tanh² for tanh."""
     _check_activation(activation)
-    s = activate(x, activation)
+    s = _activate(x, activation)
     return s * (1 - s) if activation == "sigmoid" else 1 - s * s
 
 
@@ -92,7 +91,7 @@ def unroll(
     x = x0
     for t in range(inputs.shape[-2]):
         drive = (w_in @ inputs[..., t, :].unsqueeze(-1)).squeeze(-1)
-        x = (w_rec @ activate(x, activation).unsqueeze(-1)).squeeze(-1) + drive + b
+        x = (w_rec @ _activate(x, activation).unsqueeze(-1)).squeeze(-1) + drive + b
         states.append(x)
     return torch.stack(states, dim=-2)
 
@@ -172,7 +171,7 @@ def bptt_terms(
     terms = []
     for k in range(steps):
         t = steps - k  # the step at which W_rec acts directly
-        s = activate(states[..., t - 1, :], activation)
+        s = _activate(states[..., t - 1, :], activation)
         terms.append(g.unsqueeze(-1) * s.unsqueeze(-2))
         g = (jac[..., t - 1, :, :].transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
     return torch.stack(terms, dim=-3)

@@ -17,7 +17,7 @@ from torch import nn
 
 from .checks import choice, integer, number
 
-__all__ = ["ACTIVATIONS", "INITS", "NORMS", "activation", "mlp", "MLP", "Block"]
+__all__ = ["ACTIVATIONS", "NORMS", "activation", "mlp", "MLP"]
 
 #: Activation names the builders accept, mapped to their module classes.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -30,8 +30,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "linear": nn.Identity,
 }
 
-#: Initialization schemes by name. Each sets a Linear layer's weight in place; biases start at zero.
-INITS = ("default", "xavier", "he", "lecun", "orthogonal")
+# Initialization schemes by name (:func:`mlp`'s ``init``). Each sets a Linear layer's weight in
+# place; biases start at zero.
+_INITS = ("default", "xavier", "he", "lecun", "orthogonal")
 
 #: Normalization layers a hidden block may carry (``None`` for none).
 NORMS = (None, "batch", "layer")
@@ -89,7 +90,8 @@ def _init_weights(
 
 
 class Block(nn.Module):
-    """One hidden layer: Linear, optional normalization, activation; optionally residual.
+    """One hidden layer: Linear, optional normalization, activation; optionally residual
+    (built by :func:`mlp`, not exported).
 
     With ``residual=True`` the block computes ``x + f(x)``: its Jacobian is
     ``I + J_f``, the "+1 path" that lets gradients skip the block.
@@ -156,8 +158,9 @@ def mlp(
 ) -> MLP:
     """Build a multi-layer perceptron with ``depth`` hidden layers of ``width`` units.
 
-    ``activation`` is one of :data:`ACTIVATIONS`, ``init`` one of :data:`INITS`
-    (or a callable filling a weight tensor), ``norm`` one of :data:`NORMS`.
+    ``activation`` is one of :data:`ACTIVATIONS`, ``init`` one of ``"default"``,
+    ``"xavier"``, ``"he"``, ``"lecun"``, ``"orthogonal"`` (or a callable filling a weight
+    tensor), ``norm`` one of :data:`NORMS`.
     ``residual=True`` adds a skip connection around every hidden block after the
     first (the first changes the width, so it cannot be an identity).
     ``branch_scale`` (residual networks only) multiplies the initial weights of every
@@ -171,7 +174,7 @@ def mlp(
     integer("width", width)
     choice("activation", activation, ACTIVATIONS)
     if not callable(init):
-        choice("init", init, INITS, " or a callable")
+        choice("init", init, _INITS, " or a callable")
     choice("norm", norm, NORMS)
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from .checks import choice, integer, number
-from .train import check_schedule
+from .train import _check_schedule
 
 __all__ = [
-    "CELLS", "SequenceModel", "rnn", "lstm_step", "lstm_trace", "cell_contributions",
+    "SequenceModel", "rnn", "lstm_step", "lstm_trace", "cell_contributions",
     "input_grad_by_lag", "side_by_side_logits", "train_side_by_side",
 ]
 
-CELLS = ("rnn", "lstm", "gru")
+_CELLS = ("rnn", "lstm", "gru")
 
 
 class SequenceModel(nn.Module):
@@ -57,7 +57,7 @@ def rnn(
     default, which draws both bias vectors uniformly from +-1/sqrt(hidden_size):
     a random forget bias centred on zero.
     """
-    choice("cell", cell, CELLS)
+    choice("cell", cell, _CELLS)
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("output_size", output_size)):
         integer(name, value)
@@ -189,7 +189,7 @@ def side_by_side_logits(
     or ``nn.GRU``, so that model k computes what its own module computes; batching the K models
     into one matrix product per step is what makes a sweep over seeds fast on a CPU.
     """
-    choice("cell", cell, CELLS)
+    choice("cell", cell, _CELLS)
     choice("nonlinearity", nonlinearity, ("tanh", "relu"))
     if x.dim() != 4:
         raise ValueError(f"x must have shape (models, batch, time, features), got {tuple(x.shape)}")
@@ -256,7 +256,7 @@ def train_side_by_side(
     n = len(data[0][0])
     if any(len(x) != n or len(y) != n for x, y in data):
         raise ValueError("data: every model's (inputs, targets) must have the same number of rows")
-    check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
+    _check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
                    clip=clip, batch_size=batch_size, n=n)
     for i, lr in enumerate(lrs):
         number(f"lrs[{i}]", lr)

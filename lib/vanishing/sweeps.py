@@ -361,7 +361,7 @@ def train_batched(
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
     x_all, y_all = _check_data(data[0], data[1], stacked)
-    train_mod.check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
+    train_mod._check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
                              allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=len(x_all))
     sets = [("", x_all, y_all)]
     if test_data is not None:

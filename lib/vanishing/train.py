@@ -14,7 +14,7 @@ from .checks import choice, integer, module, number
 from .probes import weight_names
 from .runtime import progress
 
-__all__ = ["OPTIMIZERS", "Diverged", "train", "accuracy", "check_schedule", "draw_batch"]
+__all__ = ["OPTIMIZERS", "Diverged", "train", "accuracy", "draw_batch"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -37,7 +37,7 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float((logits.argmax(dim=-1) == targets).float().mean())
 
 
-def check_schedule(
+def _check_schedule(
     *, steps: object, eval_every: object, lr: object, optimizer: object, allowed: tuple[str, ...],
     clip: object, batch_size: object, n: int,
 ) -> None:
@@ -113,7 +113,7 @@ def train(
     if len(inputs) != len(targets):
         raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
     n = len(inputs)
-    check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
+    _check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
                    allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
     loss_fn = nn.functional.cross_entropy
 
