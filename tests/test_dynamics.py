@@ -12,11 +12,11 @@ from vanishing import dynamics as dy
 PHI = (1 + math.sqrt(5)) / 2
 
 
-def test_step_by_hand():
+def test_one_step_by_hand():
     # x=0.5, w=5, b=-2.5: σ(0) = 0.5, so the point is fixed whatever ε is.
-    assert float(dy.step(0.5, w=5.0, b=-2.5, eps=0.3)) == pytest.approx(0.5)
-    # x=0, w=0, b=0, u=1, w'=2, ε=0.5: 0.5·σ(0) + 0.5·2 = 1.25.
-    assert float(dy.step(0.0, w=0.0, b=0.0, eps=0.5, u=1.0, w_in=2.0)) == pytest.approx(1.25)
+    assert float(dy.simulate(0.5, w=5.0, b=-2.5, eps=0.3, steps=1)) == pytest.approx(0.5)
+    # x=0, w=0, b=0, u=2, ε=0.5: 0.5·σ(0) + 0.5·2 = 1.25.
+    assert float(dy.simulate(0.0, w=0.0, b=0.0, eps=0.5, steps=1, u=2.0)) == pytest.approx(1.25)
 
 
 def test_simulate_broadcasts_and_records():
@@ -109,7 +109,7 @@ def test_wall_loss_and_descent():
 
 def test_errors():
     with pytest.raises(ValueError, match="eps"):
-        dy.step(0.5, w=5.0, b=-2.5, eps=0.0)
+        dy.simulate(0.5, w=5.0, b=-2.5, eps=0.0, steps=1)
     with pytest.raises(ValueError, match="steps"):
         dy.simulate(0.5, w=5.0, b=-2.5, eps=0.1, steps=0)
     with pytest.raises(ValueError, match="x must lie"):

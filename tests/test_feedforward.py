@@ -93,31 +93,37 @@ def test_inactive_fraction_by_hand():
         probes.inactive_fraction("net", torch.ones(1, 1))
 
 
-def test_gradient_predictiveness_on_a_quadratic():
-    # L(w) = 0.5 * a * w^2: g = a w, the gradient after a step eta is a (1 - a eta) w,
-    # so the change is a^2 eta |w| and beta = a exactly.
-    a = 3.0
-    net = nn.Linear(1, 1, bias=False)
+def test_gradient_predictiveness_by_hand():
+    # Logits (w0, w1) for input 1 and class 0: L = log(1 + exp(d)) with d = w1 - w0, and
+    # g = q (-1, 1) with q = sigmoid(d). A step eta along -g makes d' = d - 2 eta q, so the loss
+    # is log(1 + exp(d')), the gradient change sqrt(2) |sigmoid(d') - q| and ||eta g|| = sqrt(2) eta q.
+    net = nn.Linear(1, 2, bias=False)
     with torch.no_grad():
-        net.weight.fill_(2.0)
-    loss = lambda out, t: 0.5 * a * (net.weight**2).sum() + 0 * out.sum()
-    res = probes.gradient_predictiveness(net, torch.ones(1, 1), torch.zeros(1, 1), etas=[0.1, 0.2], loss_fn=loss)
-    assert float(res["grad_norm"]) == pytest.approx(6.0)
-    assert res["grad_change"].tolist() == pytest.approx([a * a * 0.1 * 2, a * a * 0.2 * 2])
-    assert float(res["beta"]) == pytest.approx(a)
-    assert float(net.weight.detach()) == 2.0  # left unchanged
+        net.weight.copy_(torch.tensor([[0.5], [1.5]]))
+    d, etas = 1.0, [0.5, 2.0]
+    q = 1 / (1 + math.exp(-d))
+    after = [d - 2 * eta * q for eta in etas]
+    change = [math.sqrt(2) * abs(1 / (1 + math.exp(-a)) - q) for a in after]
+    res = probes.gradient_predictiveness(net, torch.ones(1, 1), torch.tensor([0]), etas=etas)
+    assert float(res["grad_norm"]) == pytest.approx(math.sqrt(2) * q, rel=1e-6)
+    assert res["loss"].tolist() == pytest.approx([math.log1p(math.exp(a)) for a in after], rel=1e-6)
+    assert res["grad_change"].tolist() == pytest.approx(change, rel=1e-5)
+    assert float(res["beta"]) == pytest.approx(
+        max(c / (eta * math.sqrt(2) * q) for c, eta in zip(change, etas, strict=True)), rel=1e-5)
+    assert net.weight.detach().flatten().tolist() == [0.5, 1.5]  # left unchanged
     with pytest.raises(ValueError, match="etas"):
-        probes.gradient_predictiveness(net, torch.ones(1, 1), torch.zeros(1, 1), etas=[], loss_fn=loss)
+        probes.gradient_predictiveness(net, torch.ones(1, 1), torch.tensor([0]), etas=[])
 
 
 def test_gradient_profile_keeps_tiny_gradients():
-    # Entries of 1e-25 square to 1e-50, below float32's range: the norm must still be positive.
+    # Inputs of 1e-25 make the first layer's gradient entries about 1e-25; they square to 1e-50, below
+    # float32's range: the norm must still be positive.
     torch.manual_seed(0)
-    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    scaled = lambda out, t: 1e-25 * nn.functional.cross_entropy(out, t)
-    prof = probes.gradient_profile(inputs=x, targets=y, depth=2, width=4, activation="tanh", init="xavier",
-                                loss_fn=scaled)
-    assert np.all(prof > 0)
+    x, y = 1e-25 * torch.randn(8, 4), torch.randint(0, 2, (8,))
+    prof = probes.gradient_profile(inputs=x, targets=y, depth=2, width=4, activation="tanh", init="xavier")
+    assert np.all(prof > 0) and np.all(prof[:, 0] < 1e-20)
+    with pytest.raises(ValueError, match="targets must be class indices"):
+        probes.gradient_profile(inputs=x, targets=y.float(), depth=2, width=4, activation="tanh", init="xavier")
 
 
 @pytest.mark.parametrize(
@@ -126,19 +132,17 @@ def test_gradient_profile_keeps_tiny_gradients():
         dict(activation="tanh", init="xavier"),  # stacked, cross-entropy
         dict(activation="sigmoid", init=models.normal_init(std=0.3), norm="layer"),  # stacked, callable init
         dict(activation="relu", init="he", norm="batch"),  # one network at a time (batch norm couples examples)
-        dict(activation="gelu", init="he", loss_fn=lambda out, t: (out - t.float().unsqueeze(1)).abs().mean()),
     ],
 )
 def test_gradient_profile_equals_one_network_at_a_time(kw):
     # Stacked or not, each row is what probes measures on models.mlp built right after torch.manual_seed(seed).
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(12, 3, generator=g), torch.randint(0, 2, (12,), generator=g)
-    loss_fn = kw.pop("loss_fn", nn.functional.cross_entropy)
-    prof = probes.gradient_profile(inputs=x, targets=y, depth=3, width=5, seeds=(0, 4), loss_fn=loss_fn, **kw)
+    prof = probes.gradient_profile(inputs=x, targets=y, depth=3, width=5, seeds=(0, 4), **kw)
     for row, seed in zip(prof, (0, 4), strict=True):
         torch.manual_seed(seed)
         net = models.mlp(in_features=3, out_features=2, depth=3, width=5, **kw)
         net.train()
-        grads = torch.autograd.grad(loss_fn(net(x), y), [lin.weight for lin in net.linears()])
+        grads = torch.autograd.grad(nn.functional.cross_entropy(net(x), y), [lin.weight for lin in net.linears()])
         expected = [float(gr.double().norm()) for gr in grads]
         np.testing.assert_allclose(row, expected, rtol=1e-5)

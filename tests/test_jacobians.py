@@ -23,7 +23,7 @@ def _net(n: int = 3, steps: int = 5, activation: str = "sigmoid", seed: int = 0)
 def test_derivative_matches_autograd_and_bounds():
     z = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
     for act in jb.ACTIVATIONS:
-        (d,) = torch.autograd.grad(jb.activate(z, act).sum(), z)
+        (d,) = torch.autograd.grad(jb._activate(z, act).sum(), z)
         assert torch.allclose(jb.derivative(z.detach(), act), d)
         assert float(d.max()) == pytest.approx(jb.DERIVATIVE_BOUND[act], rel=1e-12)
 
@@ -66,11 +66,13 @@ def test_product_norm_survives_long_products_and_zero():
     assert torch.isinf(jb.product_log_norms(z)).all()
 
 
-def test_product_norm_frobenius_and_batch():
-    j = torch.eye(2, dtype=torch.float64).repeat(4, 3, 1, 1)
-    ln = jb.product_log_norms(j, ord="fro")
+def test_product_norm_is_spectral_and_batched():
+    # diag(2, 0.5)^k has largest singular value 2^k (its Frobenius norm would be larger).
+    j = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64)).repeat(4, 3, 1, 1)
+    ln = jb.product_log_norms(j)
     assert ln.shape == (4, 3)
-    assert torch.allclose(ln, torch.full((4, 3), 0.5 * math.log(2), dtype=torch.float64))
+    expected = torch.tensor([k * math.log(2) for k in (1, 2, 3)], dtype=torch.float64).expand(4, 3)
+    torch.testing.assert_close(ln, expected)
 
 
 def test_bptt_terms_sum_to_autograd():
@@ -100,7 +102,7 @@ def test_horizons_errors(bad):
 def test_errors():
     x0, u, w_rec, w_in, b = _net()
     with pytest.raises(ValueError, match="activation"):
-        jb.activate(x0, "relu")
+        jb._activate(x0, "relu")
     with pytest.raises(ValueError, match="w_rec"):
         jb.unroll(x0, u, w_rec=torch.zeros(3, 2), w_in=w_in, b=b)
     with pytest.raises(ValueError, match="x0"):
@@ -110,8 +112,6 @@ def test_errors():
     st = jb.unroll(x0, u, w_rec=w_rec, w_in=w_in, b=b)
     with pytest.raises(ValueError, match="states"):
         jb.step_jacobians(st[:1], w_rec=w_rec)
-    with pytest.raises(ValueError, match="ord"):
-        jb.product_log_norms(torch.zeros(2, 2, 2), ord=1)
     with pytest.raises(ValueError, match="jacobians"):
         jb.product_log_norms(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="grad_last"):

@@ -171,8 +171,8 @@ def test_errors(batch):
         monitor.Monitor(model, "sgd")
     with pytest.raises(ValueError, match="model must be"):
         monitor.Monitor("net", opt)
-    with pytest.raises(ValueError, match="stall_ratio"):
-        monitor.Monitor(model, opt, stall_ratio=2)
+    with pytest.raises(ValueError, match=r"thresholds\['stalled_update'\] must be a positive number"):
+        monitor.Monitor(model, opt, thresholds={"stalled_update": 0})
     with pytest.raises(ValueError, match="none of the model's weight matrices"):
         monitor.Monitor(model, torch.optim.SGD([model.head.bias], lr=0.1))
     with pytest.raises(ValueError, match="model and optimizer"):

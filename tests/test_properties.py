@@ -29,7 +29,7 @@ FEW = settings(max_examples=8, deadline=None, database=None, suppress_health_che
 
 small = st.integers(1, 6)
 activations = st.sampled_from(list(models.ACTIVATIONS))
-inits = st.sampled_from(models.INITS)
+inits = st.sampled_from(models._INITS)
 norms = st.sampled_from(models.NORMS)
 bad_ints = st.one_of(st.integers(max_value=0), st.just(True), st.floats(0.5, 9.5), st.just("3"))
 # Names that are not in a given set of allowed names.
@@ -182,18 +182,14 @@ def test_unknown_activation(act):
         models.mlp(in_features=2, out_features=2, depth=1, width=2, activation=act)
     with raises_naming("activation"):
         models.activation(act)
-    with raises_naming("act"):
-        models.init_weights(nn.Linear(2, 2), "xavier", act)
 
 
 @FAST
-@given(init=words.filter(lambda s: s not in models.INITS), norm=words.filter(lambda s: s not in models.NORMS),
+@given(init=words.filter(lambda s: s not in models._INITS), norm=words.filter(lambda s: s not in models.NORMS),
        residual=st.sampled_from([0, 1, "yes", None]))
 def test_unknown_init_norm_residual(init, norm, residual):
     with raises_naming("init"):
         models.mlp(in_features=2, out_features=2, depth=1, width=2, init=init)
-    with raises_naming("init"):
-        models.init_weights(nn.Linear(2, 2), init)
     with raises_naming("norm"):
         models.mlp(in_features=2, out_features=2, depth=1, width=2, norm=norm)
     with raises_naming("residual"):
@@ -204,10 +200,8 @@ def test_unknown_init_norm_residual(init, norm, residual):
 @given(fan_in=st.integers(1, 8), fan_out=st.integers(1, 8), init=inits, act=activations)
 def test_init_weights_keeps_shapes(fan_in, fan_out, init, act):
     layer = nn.Linear(fan_in, fan_out)
-    models.init_weights(layer, init, act)
+    models._init_weights(layer, init, act)
     assert layer.weight.shape == (fan_out, fan_in) and torch.isfinite(layer.weight).all()
-    with raises_naming("layer"):
-        models.init_weights(nn.Conv1d(1, 1, 1), init, act)
 
 
 # ----------------------------------------------------------------------------- probes
@@ -251,21 +245,14 @@ def test_grad_norms_rejects_non_scalar_loss(batch):
 
 @FAST
 @given(depth=small, width=small, act=st.sampled_from([a for a in models.ACTIVATIONS if a != "linear"]),
-       norm=norms, batch=st.integers(2, 6), threshold=st.floats(0.01, 0.99))
-def test_activation_stats_fractions(depth, width, act, norm, batch, threshold):
+       norm=norms, batch=st.integers(2, 6))
+def test_activation_stats_fractions(depth, width, act, norm, batch):
     net = _tiny(depth, width, act, "xavier", norm, False)
-    stats = probes.activation_stats(net, torch.randn(batch, 3), threshold=threshold)
+    stats = probes.activation_stats(net, torch.randn(batch, 3))
     assert len(stats) == depth
     for row in stats:
         assert 0.0 <= row["saturated"] <= 1.0 and 0.0 <= row["dead"] <= 1.0
         assert math.isfinite(row["mean"]) and row["std"] >= 0
-
-
-@FAST
-@given(threshold=st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))))
-def test_activation_stats_rejects_bad_threshold(threshold):
-    with raises_naming("threshold"):
-        probes.activation_stats(_tiny(1, 2, "tanh", "xavier", None, False), torch.randn(2, 3), threshold=threshold)
 
 
 # ----------------------------------------------------------------------------- train
@@ -290,7 +277,7 @@ def test_train_history_shape(steps, eval_every, batch_size, optimizer, clip, rec
 
 
 @FAST
-@given(param=st.sampled_from(["steps", "eval_every", "lr", "optimizer", "batch_size", "clip", "loss"]),
+@given(param=st.sampled_from(["steps", "eval_every", "lr", "optimizer", "batch_size", "clip"]),
        data_=st.data())
 def test_train_rejects_bad_arguments(param, data_):
     bad = {
@@ -300,7 +287,6 @@ def test_train_rejects_bad_arguments(param, data_):
         "optimizer": words.filter(lambda s: s not in train.OPTIMIZERS),
         "batch_size": st.one_of(st.integers(max_value=0), st.integers(min_value=13), st.just(True)),
         "clip": st.one_of(st.floats(max_value=0.0), st.just(float("nan"))),
-        "loss": words.filter(lambda s: s not in train.LOSSES),
     }[param]
     kw = dict(steps=2, lr=0.1, batch_size=4) | {param: data_.draw(bad)}
     with raises_naming(param):
@@ -359,11 +345,10 @@ def test_first_input_recall_rejects_bad_arguments(param, value):
 
 
 @FAST
-@given(cell=st.sampled_from(recurrent.CELLS), in_f=small, hidden=small, out_f=small, layers=st.integers(1, 2),
+@given(cell=st.sampled_from(recurrent._CELLS), in_f=small, hidden=small, out_f=small,
        nonlin=st.sampled_from(["tanh", "relu"]), batch=st.integers(1, 4), time=st.integers(1, 6))
-def test_rnn_output_shape(cell, in_f, hidden, out_f, layers, nonlin, batch, time):
-    model = recurrent.rnn(cell=cell, input_size=in_f, hidden_size=hidden, output_size=out_f, num_layers=layers,
-                          nonlinearity=nonlin)
+def test_rnn_output_shape(cell, in_f, hidden, out_f, nonlin, batch, time):
+    model = recurrent.rnn(cell=cell, input_size=in_f, hidden_size=hidden, output_size=out_f, nonlinearity=nonlin)
     out = model(torch.randn(batch, time, in_f))
     assert out.shape == (batch, out_f) and torch.isfinite(out).all()
     with raises_naming("input"):
@@ -379,12 +364,12 @@ def test_lstm_forget_bias(hidden, bias):
 
 
 @FAST
-@given(param=st.sampled_from(["cell", "input_size", "hidden_size", "output_size", "num_layers", "nonlinearity",
+@given(param=st.sampled_from(["cell", "input_size", "hidden_size", "output_size", "nonlinearity",
                               "forget_bias"]), data_=st.data())
 def test_rnn_rejects_bad_arguments(param, data_):
     kw = dict(input_size=2, hidden_size=3, output_size=1)
     if param == "cell":
-        kw["cell"] = data_.draw(words.filter(lambda s: s not in recurrent.CELLS))
+        kw["cell"] = data_.draw(words.filter(lambda s: s not in recurrent._CELLS))
     elif param == "nonlinearity":
         kw["nonlinearity"] = data_.draw(words.filter(lambda s: s not in ("tanh", "relu")))
     elif param == "forget_bias":

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vanishing import models, rbm
+from vanishing import data, models, rbm
 
 
 def _tiny(seed: int = 0) -> rbm.RBM:
@@ -103,6 +103,12 @@ def test_digits_unit_range_and_split():
     (xtr, ytr), (xte, yte) = rbm.digits_unit()
     assert xtr.shape[1] == 64 and float(xtr.min()) == 0.0 and float(xtr.max()) == 1.0
     assert len(xtr) + len(xte) == 1797
+    # data.digits' split, pixels divided by 16 instead of standardized
+    (std_tr, std_ytr), _ = data.digits()
+    assert torch.equal(ytr, std_ytr) and torch.equal(xtr * 16, (xtr * 16).round())
+    assert not torch.equal(xtr, std_tr)
+    with pytest.raises(ValueError, match="unit"):
+        data.digits(unit=1)
 
 
 @pytest.mark.parametrize(
@@ -124,14 +130,12 @@ def test_digits_unit_range_and_split():
         (lambda: rbm.DBN([rbm.RBM(3, 2), rbm.RBM(3, 2)]), "chain"),
         (lambda: rbm.DBN([rbm.RBM(3, 2)]).up(torch.zeros(1, 3), layers=2), "layers"),
         (lambda: rbm.DBN([rbm.RBM(3, 2)]).sample(0), "n"),
-        (lambda: rbm.DBN([rbm.RBM(3, 2)]).sample(2, start=torch.zeros(3, 3)), "start"),
         (lambda: rbm.dbn_bound(rbm.DBN([rbm.RBM(3, 2)]), torch.zeros(1, 3)), "two RBMs"),
         (lambda: rbm.train_dbn(torch.zeros(2, 3), [], epochs=1), "sizes"),
         (lambda: rbm.init_from_dbn(models.mlp(in_features=3, out_features=2, depth=1, width=4),
                                    rbm.DBN([rbm.RBM(3, 2)])), "shape"),
         (lambda: rbm.init_from_dbn(torch.nn.Linear(2, 2), rbm.DBN([rbm.RBM(3, 2)])), "blocks"),
         (lambda: rbm.init_from_dbn(models.mlp(in_features=3, out_features=2, depth=1, width=2), "x"), "DBN"),
-        (lambda: rbm.digits_unit(test_fraction=1.5), "test_fraction"),
     ],
 )
 def test_argument_errors(call, match):

@@ -61,7 +61,7 @@ def test_evolution_strategy_climbs_a_quadratic():
     def fitness() -> float:
         return -float(((search.flat_parameters(model) - target) ** 2).sum())
 
-    res = search.evolution_strategy(model, fitness, max_evals=600, population=20, parents=5, sigma=0.1, seed=0)
+    res = search.evolution_strategy(model, fitness, max_evals=600, sigma=0.1, seed=0)
     assert res.evaluations == 600
     assert res.best_fitness > -0.05
     assert res.history == sorted(res.history)  # best-so-far never decreases
@@ -94,9 +94,6 @@ def test_random_search_errors(kwargs, word):
 @pytest.mark.parametrize(
     "kwargs, word",
     [
-        (dict(population=0), "population"),
-        (dict(parents=0), "parents"),
-        (dict(population=3, parents=4), "parents"),
         (dict(sigma=0.0), "sigma"),
         (dict(init_scale=-1.0), "init_scale"),
     ],
@@ -120,8 +117,6 @@ def test_other_errors():
         search.gradient_descent(tiny(), x, y, max_steps=0)
     with pytest.raises(ValueError, match="lr"):
         search.gradient_descent(tiny(), x, y, max_steps=1, lr=0.0)
-    with pytest.raises(ValueError, match="optimizer"):
-        search.gradient_descent(tiny(), x, y, max_steps=1, optimizer="rprop")
 
 
 def test_cross_entropy_fitness_by_hand():

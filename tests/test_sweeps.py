@@ -34,21 +34,24 @@ def _loop_norms(nets, x, y, loss_fn=F.cross_entropy):
 
 
 def test_hand_computed_two_layer_linear_networks():
-    # One input, one hidden unit, one output, no bias: out = c * a * x, L = (out - t)^2.
-    # dL/da = 2 (c a x - t) c x and dL/dc = 2 (c a x - t) a x.
-    nets = _nets([("linear", "default", 0), ("linear", "default", 1)], depth=1, width=1, features=1, classes=1)
-    for net, (a, c) in zip(nets, [(2.0, 3.0), (0.5, -1.0)], strict=True):
+    # One input x, one hidden unit h = a x, two logits o_j = c_j h, no bias; L = cross-entropy with class 0.
+    # With g = softmax(o) - (1, 0): dL/dc_j = g_j a x and dL/da = x (g_0 c_0 + g_1 c_1).
+    weights = [(0.5, (0.4, -0.2)), (-0.8, (-0.5, 0.7))]
+    nets = _nets([("linear", "default", 0), ("linear", "default", 1)], depth=1, width=1, features=1, classes=2)
+    for net, (a, c) in zip(nets, weights, strict=True):
         with torch.no_grad():
             net.blocks[0].linear.weight.fill_(a)
-            net.head.weight.fill_(c)
+            net.head.weight.copy_(torch.tensor(c).view(2, 1))
             for lin in net.linears():
                 lin.bias.zero_()
-    x, t = torch.tensor([[1.5]]), torch.tensor([[1.0]])
-    norms = sweeps.grad_norms_batched(sweeps.stack_mlps(nets), x, t, loss="mse")
+    x, t = torch.tensor([[1.5]]), torch.tensor([0])
+    norms = sweeps.grad_norms_batched(sweeps.stack_mlps(nets), x, t)
     expected = []
-    for a, c in [(2.0, 3.0), (0.5, -1.0)]:
-        r = c * a * 1.5 - 1.0
-        expected.append([abs(2 * r * c * 1.5), abs(2 * r * a * 1.5)])
+    for a, c in weights:
+        o = [cj * a * 1.5 for cj in c]
+        p0 = 1.0 / (1.0 + math.exp(o[1] - o[0]))
+        g = (p0 - 1.0, 1.0 - p0)
+        expected.append([abs(1.5 * (g[0] * c[0] + g[1] * c[1])), abs(a * 1.5) * math.hypot(*g)])
     torch.testing.assert_close(norms, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
 
 
@@ -76,11 +79,11 @@ def test_grad_norms_agree_with_probes(norm, residual):
     torch.testing.assert_close(norms, _loop_norms(nets, x, y), rtol=1e-5, atol=1e-12)
 
 
-def test_grad_norms_mse_and_forward_shapes():
+def test_grad_norms_and_forward_shapes():
     nets = _nets([("tanh", "xavier", 0), ("relu", "he", 1), ("tanh", "xavier", 2)], classes=2)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(7, 5, generator=g)
-    t = torch.randn(7, 2, generator=g)
+    t = torch.randint(0, 2, (7,), generator=g)
     stacked = sweeps.stack_mlps(nets)
     assert (stacked.size, stacked.depth) == (3, 3)
     assert [(a, b) for a, b, _ in stacked.groups] == [(0, 1), (1, 2), (2, 3)]
@@ -92,7 +95,7 @@ def test_grad_norms_mse_and_forward_shapes():
     per_net = stacked.forward(torch.randn(3, 7, 5, generator=g))  # one batch per network
     assert per_net.shape == (3, 7, 2)
     torch.testing.assert_close(
-        sweeps.grad_norms_batched(stacked, x, t, loss="mse"), _loop_norms(nets, x, t, F.mse_loss), rtol=1e-5, atol=0
+        sweeps.grad_norms_batched(stacked, x, t), _loop_norms(nets, x, t), rtol=1e-5, atol=0
     )
 
 
@@ -165,19 +168,19 @@ def test_train_batched_own_batches_and_grad_norms_agree_with_train():
     assert not torch.equal(hist["loss"][0], hist["loss"][1])
 
 
-def test_train_batched_mse_and_layer_norm():
+def test_train_batched_layer_norm_residual():
     configs = [("tanh", "xavier", 0), ("silu", "he", 1)]
-    x, _ = _data(30)
-    t = torch.randn(30, 2, generator=torch.Generator().manual_seed(3))
+    x, t = _data(30, classes=2)
     loop_nets = _nets(configs, classes=2, norm="layer", residual=True)
     stacked = sweeps.stack_mlps(_nets(configs, classes=2, norm="layer", residual=True))
-    hist = sweeps.train_batched(stacked, (x, t), steps=6, lr=0.05, loss="mse", batch_size=10, eval_every=3,
+    hist = sweeps.train_batched(stacked, (x, t), steps=6, lr=0.05, batch_size=10, eval_every=3,
                                 generator=torch.Generator().manual_seed(0))
-    assert "acc" not in hist and hist["loss"].shape == (2, 3)
+    assert hist["loss"].shape == hist["acc"].shape == (2, 3)
     for k, net in enumerate(loop_nets):
-        ref = train.train(net, (x, t), steps=6, lr=0.05, loss="mse", batch_size=10, eval_every=3,
+        ref = train.train(net, (x, t), steps=6, lr=0.05, batch_size=10, eval_every=3,
                           generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(hist["loss"][k], torch.tensor(ref["loss"]), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(hist["acc"][k], torch.tensor(ref["acc"]))
 
 
 def test_train_batched_keeps_going_when_one_network_diverges():
@@ -225,16 +228,12 @@ def test_grad_norms_and_forward_errors():
     x, y = _data()
     with pytest.raises(ValueError, match="stacked"):
         sweeps.grad_norms_batched(object(), x, y)
-    with pytest.raises(ValueError, match="loss"):
-        sweeps.grad_norms_batched(stacked, x, y, loss="hinge")
     with pytest.raises(ValueError, match="inputs"):
         sweeps.grad_norms_batched(stacked, torch.randn(40, 4), y)
     with pytest.raises(ValueError, match="targets"):
         sweeps.grad_norms_batched(stacked, x, y[:-1])
     with pytest.raises(ValueError, match="long"):
         sweeps.grad_norms_batched(stacked, x, y.float())
-    with pytest.raises(ValueError, match="mse"):
-        sweeps.grad_norms_batched(stacked, x, torch.randn(40, 2), loss="mse")
     with pytest.raises(ValueError, match="inputs"):
         stacked.forward(torch.randn(3, 4, 5))
     with pytest.raises(ValueError, match="nets"):
@@ -254,7 +253,6 @@ def test_grad_norms_and_forward_errors():
         (dict(batch_size=41), "batch_size"),
         (dict(generator=3), "generator"),
         (dict(generator=[torch.Generator(), torch.Generator()]), "generator"),
-        (dict(loss="hinge"), "loss"),
         (dict(test_data=(1, 2, 3)), "test_data"),
     ],
 )

@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from . import probes
-from .checks import integer
+from .checks import integer, module, number
 
 __all__ = [
     "THRESHOLDS",
@@ -1079,9 +1079,7 @@ def _check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float
     for k, v in thresholds.items():
         if k not in THRESHOLDS:
             raise ValueError(f"thresholds: unknown key {k!r}; allowed: {', '.join(THRESHOLDS)}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"thresholds[{k!r}] must be a positive number, got {v!r}")
-        out[k] = float(v)
+        out[k] = number(f"thresholds[{k!r}]", v)
     if (
         not out["saturation_derivative"] < 1 or not out["saturated_share"] <= 1
         or not out["dead_share"] <= 1
@@ -1136,8 +1134,7 @@ def checkup(
     The model comes back exactly as it went in: parameters, buffers, ``.grad``,
     hooks, training flags and random-number-generator states.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    module(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             "model has no parameters that require grad: there is no gradient to measure"
@@ -1149,11 +1146,7 @@ def checkup(
         raise ValueError(
             f"loss_fn must be callable (outputs, targets) -> scalar, got {type(loss_fn).__name__}"
         )
-    if (
-        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0
-        or not math.isfinite(lr)
-    ):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    number("lr", lr, high_ok=False, allowed="a positive finite number")
     integer("steps", steps, 0)
     if train is not None and not isinstance(train, bool):
         raise ValueError(f"train must be True, False or None, got {train!r}")
@@ -1161,9 +1154,7 @@ def checkup(
         isinstance(time_dim, bool) or not isinstance(time_dim, int)
     ):
         raise ValueError(f"time_dim must be 'auto', None or an int, got {time_dim!r}")
-    if (isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float))
-            or not loss_scale > 0 or not math.isfinite(loss_scale)):
-        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
+    number("loss_scale", loss_scale, high_ok=False, allowed="a positive finite number")
     th = _check_thresholds(thresholds)
     model = eager(model)
     if optimizer is not None:

@@ -9,28 +9,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = ["digits", "first_input_recall"]
 
 
-def _gen(seed: int) -> torch.Generator:
-    integer("seed", seed, 0)
-    return torch.Generator().manual_seed(seed)
-
-
 def digits(
-    *, test_fraction: float = 0.25, seed: int = 0, device: torch.device | str = "cpu"
+    *, test_fraction: float = 0.25, seed: int = 0, device: torch.device | str = "cpu",
+    unit: bool = False,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
 
     Returns ``(train, test)``, each a pair ``(inputs, labels)`` with inputs of
-    shape (n, 64) standardized with the training set's mean and spread, and the
+    shape (n, 64) standardized with the training set's mean and spread (with
+    ``unit=True`` instead the pixels divided by 16, from 0..16 to [0, 1]), and the
     split stratified by class. The data come with scikit-learn: no download.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    number("test_fraction", test_fraction, high=1.0, high_ok=False, allowed="a number in (0, 1)")
     integer("seed", seed, 0)
+    if not isinstance(unit, bool):
+        raise ValueError(f"unit must be True or False, got {unit!r}")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -38,10 +36,13 @@ def digits(
     xtr, xte, ytr, yte = train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
-    mean, std = xtr.mean(axis=0), xtr.std(axis=0)
-    # A pixel that is blank in every training image has no spread: leave it unscaled
-    # (dividing by a tiny epsilon would turn a rare test-set stroke into a 1e6 outlier).
-    std = np.where(std > 0, std, 1.0)
+    if unit:
+        mean, std = np.zeros(x.shape[1]), np.full(x.shape[1], 16.0)
+    else:
+        mean, std = xtr.mean(axis=0), xtr.std(axis=0)
+        # A pixel that is blank in every training image has no spread: leave it unscaled
+        # (dividing by a tiny epsilon would turn a rare test-set stroke into a 1e6 outlier).
+        std = np.where(std > 0, std, 1.0)
     as_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32, device=device)  # noqa: E731
     as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)  # noqa: E731
     return (as_x(xtr), as_y(ytr)), (as_x(xte), as_y(yte))
@@ -60,7 +61,7 @@ def first_input_recall(
     integer("n", n, 1)
     integer("lag", lag, 1)
     integer("symbols", symbols, 2)
-    g = _gen(seed)
+    g = torch.Generator().manual_seed(integer("seed", seed, 0))
     seq = torch.randint(0, symbols, (n, lag + 1), generator=g)
     inputs = torch.nn.functional.one_hot(seq, symbols).float()
     return inputs, seq[:, 0].clone()

@@ -3,9 +3,10 @@ the loss wall.
 
 The network is the discrete map
 
-    x_{t+1} = (1 - ε) x_t + ε σ(w x_t + b) + ε w' u_t,
+    x_{t+1} = (1 - ε) x_t + ε σ(w x_t + b) + ε u_t,
 
-an Euler step of dx/dt = -x + σ(w x + b) + w' u. With u = 0 its fixed points
+an Euler step of dx/dt = -x + σ(w x + b) + u (Doya's input term w' u, with the
+input weight folded into u). With u = 0 its fixed points
 solve x = σ(w x + b), i.e. they lie on the curve b = logit(x) - w x; for
 w > 4 that curve folds twice and the neuron becomes bistable. Near the
 unstable fixed point between the two attractors the end state is extremely
@@ -22,10 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = [
-    "step",
     "simulate",
     "end_state_gradients",
     "sensitivities",
@@ -43,22 +43,11 @@ Number = float | torch.Tensor
 
 
 def _check_eps(eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps <= 1.0:
-        raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
-    return float(eps)
+    return number("eps", eps, high=1.0, allowed="a number in (0, 1]")
 
 
 def _tensor(value: Number, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=dtype)
-
-
-def step(
-    x: Number, *, w: Number, b: Number, eps: float, u: Number = 0.0, w_in: Number = 1.0
-) -> torch.Tensor:
-    """One step of the map: (1-ε)x + ε σ(w x + b) + ε w' u (broadcasting over tensors)."""
-    eps = _check_eps(eps)
-    x = _tensor(x)
-    return (1 - eps) * x + eps * torch.sigmoid(w * x + b) + eps * w_in * u
 
 
 def simulate(
@@ -69,10 +58,10 @@ def simulate(
     eps: float,
     steps: int,
     u: Number = 0.0,
-    w_in: Number = 1.0,
     trajectory: bool = False,
 ) -> torch.Tensor:
-    """Iterate :func:`step` ``steps`` times from ``x0`` (time T = steps·ε in the flow's units).
+    """Iterate the map (1-ε)x + ε σ(w x + b) + ε u ``steps`` times from ``x0`` (time
+    T = steps·ε in the flow's units).
 
     Arguments broadcast, so ``b`` may hold thousands of biases. ``u`` is a
     constant input. Returns x(T), or with ``trajectory=True`` every state,
@@ -85,7 +74,7 @@ def simulate(
     x = x * torch.ones_like(_tensor(b) * _tensor(w))
     states = [x]
     for _ in range(steps):
-        x = (1 - eps) * x + eps * torch.sigmoid(w * x + b) + eps * w_in * u
+        x = (1 - eps) * x + eps * torch.sigmoid(w * x + b) + eps * u
         if trajectory:
             states.append(x)
     return torch.stack(states) if trajectory else x
@@ -187,11 +176,8 @@ def fold_points(*, w: float) -> list[tuple[float, float]]:
     At a fold w x(1-x) = 1, so x = (1 ∓ √(1 - 4/w))/2; they exist only for w > 4.
     Between their b values the neuron has three fixed points (two stable).
     """
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 4:
-        raise ValueError(
-            "w must be a number > 4 (for w <= 4 the fixed point is unique and nothing folds), "
-            f"got {w!r}"
-        )
+    number("w", w, low=4.0,
+           allowed="a number > 4 (for w <= 4 the fixed point is unique and nothing folds)")
     root = math.sqrt(1 - 4 / w)
     out = []
     for x in ((1 - root) / 2, (1 + root) / 2):
@@ -243,16 +229,13 @@ def descend(
     histories (``b``, ``w``, ``loss``, ``grad_norm``), each of shape (iters+1, *batch);
     ``grad_norm`` is the norm before clipping and its last row repeats the previous one.
     """
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    number("lr", lr)
     integer("iters", iters)
     if isinstance(clip, torch.Tensor):
         if bool((clip <= 0).any()):
             raise ValueError("clip must be positive (inf for no clipping) in every entry")
-    elif clip is not None and (
-        isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
-    ):
-        raise ValueError(f"clip must be a positive number, a tensor of them, or None, got {clip!r}")
+    elif clip is not None:
+        number("clip", clip, allowed="a positive number, a tensor of them, or None")
     unknown = set(loss_kwargs) - {"x0", "target", "eps", "steps"}
     if unknown:
         raise ValueError(

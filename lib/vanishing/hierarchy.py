@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = [
     "surprise_sequences", "WindowPredictor", "train_predictor", "next_symbol_probs", "compress",
@@ -92,21 +92,18 @@ def train_predictor(
     *,
     steps: int,
     lr: float = 0.01,
-    batch_size: int = 64,
     generator: torch.Generator | None = None,
 ) -> list[float]:
-    """Train the lower level to predict each next input (cross-entropy, Adam); returns the
-    loss per step."""
+    """Train the lower level to predict each next input (cross-entropy, Adam, minibatches of 64
+    sequences drawn with ``generator``); returns the loss per step."""
     if not isinstance(model, WindowPredictor):
         raise ValueError(f"model must be a WindowPredictor, got {type(model).__name__}")
     integer("steps", steps, 1)
-    integer("batch_size", batch_size, 1)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    number("lr", lr)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
-        idx = torch.randint(0, len(inputs), (batch_size,), generator=generator).to(inputs.device)
+        idx = torch.randint(0, len(inputs), (64,), generator=generator).to(inputs.device)
         x = inputs[idx]
         loss = nn.functional.cross_entropy(model(x).flatten(0, 1), x.argmax(dim=2).flatten())
         opt.zero_grad(set_to_none=True)
@@ -142,8 +139,7 @@ def compress(
             f"inputs must be (batch, time, features) and probs (batch, time); "
             f"got {tuple(inputs.shape)} and {tuple(probs.shape)}"
         )
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    number("threshold", threshold, high=1.0, allowed="a number in (0, 1]")
     keep = probs < threshold
     lengths = keep.sum(dim=1)
     width = max(int(lengths.max()), 1)

@@ -16,10 +16,11 @@ import math
 
 import torch
 
+from .checks import choice, number
+
 __all__ = [
     "ACTIVATIONS",
     "DERIVATIVE_BOUND",
-    "activate",
     "derivative",
     "unroll",
     "step_jacobians",
@@ -36,11 +37,10 @@ DERIVATIVE_BOUND = {"sigmoid": 0.25, "tanh": 1.0}
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    choice("activation", activation, ACTIVATIONS)
 
 
-def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     """σ(x) for ``activation`` in :data:`ACTIVATIONS`, elementwise."""
     _check_activation(activation)
     return torch.sigmoid(x) if activation == "sigmoid" else torch.tanh(x)
@@ -49,7 +49,7 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
 def derivative(x: torch.Tensor, activation: str) -> torch.Tensor:
     """σ'(x) in closed form: σ(1-σ) for the sigmoid, 1 - tanh² for tanh."""
     _check_activation(activation)
-    s = activate(x, activation)
+    s = _activate(x, activation)
     return s * (1 - s) if activation == "sigmoid" else 1 - s * s
 
 
@@ -91,9 +91,20 @@ def unroll(
     x = x0
     for t in range(inputs.shape[-2]):
         drive = (w_in @ inputs[..., t, :].unsqueeze(-1)).squeeze(-1)
-        x = (w_rec @ activate(x, activation).unsqueeze(-1)).squeeze(-1) + drive + b
+        x = (w_rec @ _activate(x, activation).unsqueeze(-1)).squeeze(-1) + drive + b
         states.append(x)
     return torch.stack(states, dim=-2)
+
+
+def _check_states(states: torch.Tensor, w_rec: torch.Tensor) -> int:
+    """Return n after checking that ``states`` is (..., T+1, n) with T >= 1 for the n x n
+    ``w_rec``."""
+    n = _check_square(w_rec)
+    if states.dim() < 2 or states.shape[-1] != n or states.shape[-2] < 2:
+        raise ValueError(
+            f"states must have shape (..., T+1, {n}) with T >= 1, got {tuple(states.shape)}"
+        )
+    return n
 
 
 def step_jacobians(
@@ -104,27 +115,21 @@ def step_jacobians(
     ``states`` is what :func:`unroll` returns, (..., T+1, n); the result has
     shape (..., T, n, n), entry ``[..., t-1, :, :]`` belonging to step t.
     """
-    n = _check_square(w_rec)
-    if states.dim() < 2 or states.shape[-1] != n or states.shape[-2] < 2:
-        raise ValueError(
-            f"states must have shape (..., T+1, {n}) with T >= 1, got {tuple(states.shape)}"
-        )
+    _check_states(states, w_rec)
     d = derivative(states[..., :-1, :], activation)
     return w_rec.unsqueeze(-3) * d.unsqueeze(-2)
 
 
-def product_log_norms(jacobians: torch.Tensor, *, ord: float | str = 2) -> torch.Tensor:
+def product_log_norms(jacobians: torch.Tensor) -> torch.Tensor:
     """Natural log of ‖J_T J_{T-1} ⋯ J_{T-k+1}‖ for every lag k = 1, ..., T.
 
     This is the norm of ∂x_T/∂x_{T-k}, the factor by which BPTT carries a
-    gradient from the last step back k steps. ``ord`` is the matrix norm
-    (2: the operator norm = largest singular value; "fro": Frobenius).
+    gradient from the last step back k steps, in the operator norm (the largest
+    singular value).
     The running product is rescaled to norm 1 after each step and the scale is
     accumulated as a logarithm, so no lag under- or overflows.
     Returns shape (..., T).
     """
-    if ord not in (2, "fro"):
-        raise ValueError(f"ord={ord!r} is not supported; allowed: 2, 'fro'")
     if jacobians.dim() < 3 or jacobians.shape[-1] != jacobians.shape[-2]:
         raise ValueError(f"jacobians must have shape (..., T, n, n), got {tuple(jacobians.shape)}")
     steps = jacobians.shape[-3]
@@ -134,7 +139,7 @@ def product_log_norms(jacobians: torch.Tensor, *, ord: float | str = 2) -> torch
     for k in range(1, steps + 1):
         j = jacobians[..., steps - k, :, :]
         prod = j if prod is None else prod @ j
-        norm = torch.linalg.matrix_norm(prod, ord=ord)
+        norm = torch.linalg.matrix_norm(prod, ord=2)
         out.append(log_scale + torch.log(norm))
         # Rescale; a product that is exactly zero stays zero (its log norm is -inf from here on).
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
@@ -157,11 +162,7 @@ def bptt_terms(
     ``(J_T ⋯ J_{t+1})ᵀ ∇_{x_T}L · σ(x_{t-1})ᵀ``. ``grad_last`` is ∇_{x_T}L with
     shape (..., n). Returns shape (..., T, n, n), indexed by k.
     """
-    n = _check_square(w_rec)
-    if states.dim() < 2 or states.shape[-1] != n or states.shape[-2] < 2:
-        raise ValueError(
-            f"states must have shape (..., T+1, {n}) with T >= 1, got {tuple(states.shape)}"
-        )
+    n = _check_states(states, w_rec)
     if grad_last.shape[-1] != n:
         raise ValueError(f"grad_last must end in n={n}, got shape {tuple(grad_last.shape)}")
     jac = step_jacobians(states, w_rec=w_rec, activation=activation)
@@ -170,7 +171,7 @@ def bptt_terms(
     terms = []
     for k in range(steps):
         t = steps - k  # the step at which W_rec acts directly
-        s = activate(states[..., t - 1, :], activation)
+        s = _activate(states[..., t - 1, :], activation)
         terms.append(g.unsqueeze(-1) * s.unsqueeze(-2))
         g = (jac[..., t - 1, :, :].transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
     return torch.stack(terms, dim=-3)
@@ -183,6 +184,5 @@ def horizons(rate: float) -> dict[str, float]:
     is worth; ``e_fold`` is 1/|ln rate|, the lag over which a term shrinks by e;
     ``source`` is rate^-1, the O(γ^-1) horizon the encyclopedia article states.
     """
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 < rate < 1.0:
-        raise ValueError(f"rate must be a number in (0, 1), got {rate!r}")
+    number("rate", rate, high=1.0, high_ok=False, allowed="a number in (0, 1)")
     return {"mass": 1.0 / (1.0 - rate), "e_fold": 1.0 / abs(math.log(rate)), "source": 1.0 / rate}

@@ -40,7 +40,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 
 __all__ = [
-    "PINNED", "ANOTHER_CPU", "KERNEL_SETS", "KERNELS_ENV", "pin", "pinned", "environment", "check",
+    "PINNED", "ANOTHER_CPU", "KERNEL_SETS", "KERNELS_ENV", "pin", "environment", "check",
 ]
 
 #: Environment variable that turns the pin off (``native``) or on (``pinned``, the default).
@@ -71,7 +71,7 @@ KERNEL_SETS = ("pinned", "another-cpu", "native")
 _late: list[str] = []
 
 
-def pinned(environ: Mapping[str, str] | None = None) -> bool:
+def _pinned(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``environ`` (default: this process's) wants the pin (``VANISHING_KERNELS``
     unset or ``pinned``)."""
     value = (
@@ -94,7 +94,7 @@ def pin(environ: MutableMapping[str, str] | None = None) -> MutableMapping[str, 
     ``vanishing`` calls it before importing NumPy or torch.
     """
     target = os.environ if environ is None else environ
-    if pinned(target):
+    if _pinned(target):
         if environ is None:  # NumPy read its variable at import: was it there then?
             late = "numpy" in sys.modules and "NPY_DISABLE_CPU_FEATURES" not in os.environ
             _late[:] = ["numpy"] if late else []
@@ -131,7 +131,7 @@ def check() -> str | None:
     either happened before :func:`pin`, or the CPU lacks AVX2, printed numbers
     may differ from the book's in the last digits (and training runs by more).
     """
-    if not pinned():
+    if not _pinned():
         return None
     import torch
 

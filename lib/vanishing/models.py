@@ -15,9 +15,9 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import choice, integer, number
 
-__all__ = ["ACTIVATIONS", "INITS", "NORMS", "activation", "init_weights", "mlp", "MLP", "Block"]
+__all__ = ["ACTIVATIONS", "NORMS", "activation", "mlp", "MLP"]
 
 #: Activation names the builders accept, mapped to their module classes.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -30,8 +30,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "linear": nn.Identity,
 }
 
-#: Initialization schemes by name. Each sets a Linear layer's weight in place; biases start at zero.
-INITS = ("default", "xavier", "he", "lecun", "orthogonal")
+# Initialization schemes by name (:func:`mlp`'s ``init``). Each sets a Linear layer's weight in
+# place; biases start at zero.
+_INITS = ("default", "xavier", "he", "lecun", "orthogonal")
 
 #: Normalization layers a hidden block may carry (``None`` for none).
 NORMS = (None, "batch", "layer")
@@ -39,8 +40,7 @@ NORMS = (None, "batch", "layer")
 
 def activation(name: str) -> nn.Module:
     """Return a fresh activation module for ``name`` (one of :data:`ACTIVATIONS`)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation={name!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    choice("activation", name, ACTIVATIONS)
     return ACTIVATIONS[name]()
 
 
@@ -56,7 +56,7 @@ def _gain(act: str) -> float:
     return 1.0
 
 
-def init_weights(
+def _init_weights(
     layer: nn.Linear, init: str | Callable[[torch.Tensor], None], act: str = "linear"
 ) -> None:
     """Initialize ``layer`` in place with scheme ``init`` for an ``act`` nonlinearity.
@@ -67,11 +67,8 @@ def init_weights(
     a random orthogonal matrix scaled by the activation's gain; ``"default"``:
     torch's own uniform init. A callable receives the weight tensor and fills
     it in place, for schemes a chapter invents (it must not return a value).
+    :func:`mlp`, the one caller, has checked ``init`` and ``act``.
     """
-    if not isinstance(layer, nn.Linear):
-        raise ValueError(f"layer must be an nn.Linear, got {type(layer).__name__}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"act={act!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
     w = layer.weight
     with torch.no_grad():
         if callable(init):
@@ -86,16 +83,15 @@ def init_weights(
             nn.init.kaiming_normal_(w, a=slope, nonlinearity="leaky_relu")
         elif init == "lecun":
             nn.init.normal_(w, 0.0, 1.0 / math.sqrt(w.shape[1]))
-        elif init == "orthogonal":
+        else:  # "orthogonal"
             nn.init.orthogonal_(w, gain=_gain(act))
-        else:
-            raise ValueError(f"init={init!r} is unknown; allowed: {', '.join(INITS)} or a callable")
         if layer.bias is not None:
             layer.bias.zero_()
 
 
 class Block(nn.Module):
-    """One hidden layer: Linear, optional normalization, activation; optionally residual.
+    """One hidden layer: Linear, optional normalization, activation; optionally residual
+    (built by :func:`mlp`, not exported).
 
     With ``residual=True`` the block computes ``x + f(x)``: its Jacobian is
     ``I + J_f``, the "+1 path" that lets gradients skip the block.
@@ -162,8 +158,9 @@ def mlp(
 ) -> MLP:
     """Build a multi-layer perceptron with ``depth`` hidden layers of ``width`` units.
 
-    ``activation`` is one of :data:`ACTIVATIONS`, ``init`` one of :data:`INITS`
-    (or a callable filling a weight tensor), ``norm`` one of :data:`NORMS`.
+    ``activation`` is one of :data:`ACTIVATIONS`, ``init`` one of ``"default"``,
+    ``"xavier"``, ``"he"``, ``"lecun"``, ``"orthogonal"`` (or a callable filling a weight
+    tensor), ``norm`` one of :data:`NORMS`.
     ``residual=True`` adds a skip connection around every hidden block after the
     first (the first changes the width, so it cannot be an identity).
     ``branch_scale`` (residual networks only) multiplies the initial weights of every
@@ -175,31 +172,25 @@ def mlp(
     integer("out_features", out_features)
     integer("depth", depth)
     integer("width", width)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
-    if not callable(init) and init not in INITS:
-        raise ValueError(f"init={init!r} is unknown; allowed: {', '.join(INITS)} or a callable")
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is unknown; allowed: None, 'batch', 'layer'")
+    choice("activation", activation, ACTIVATIONS)
+    if not callable(init):
+        choice("init", init, _INITS, " or a callable")
+    choice("norm", norm, NORMS)
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")
     if branch_scale is not None:
         if not residual:
             raise ValueError("branch_scale scales residual branches: it needs residual=True")
-        if isinstance(branch_scale, bool) or not isinstance(branch_scale, (int, float)) or not (
-            0 <= branch_scale < math.inf
-        ):
-            raise ValueError(
-                f"branch_scale must be a finite number >= 0 or None, got {branch_scale!r}"
-            )
+        number("branch_scale", branch_scale, low_ok=True, high_ok=False,
+               allowed="a finite number >= 0 or None")
     blocks = [
         Block(in_features if i == 0 else width, width, activation, norm, residual and i > 0)
         for i in range(depth)
     ]
     head = nn.Linear(width, out_features)
     for b in blocks:
-        init_weights(b.linear, init, activation)
-    init_weights(head, init, "linear")
+        _init_weights(b.linear, init, activation)
+    _init_weights(head, init, "linear")
     if branch_scale is not None:
         with torch.no_grad():
             for b in blocks:
@@ -232,12 +223,8 @@ def normal_init(
     """
     if not (callable(mean) or isinstance(mean, (int, float))) or isinstance(mean, bool):
         raise ValueError(f"mean must be a number or a function of fan_in, got {mean!r}")
-    if std is not None and not callable(std) and (
-        isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0
-    ):
-        raise ValueError(
-            f"std must be a positive number, a function of (fan_in, fan_out) or None, got {std!r}"
-        )
+    if std is not None and not callable(std):
+        number("std", std, allowed="a positive number, a function of (fan_in, fan_out) or None")
 
     def init(w: torch.Tensor) -> None:
         fan_in, fan_out = _fans(w)

@@ -10,7 +10,7 @@ or backward pass is run, and nothing the training computes is changed.
 
 It judges the symptoms the checkup judges from gradients and steps alone (vanishing, exploding,
 non-finite values and **stalled**, the largest update-to-weight ratio of a step so far below
-``stall_ratio`` that the weights hardly move; the rules are the checkup's,
+the ``stalled_update`` threshold that the weights hardly move; the rules are the checkup's,
 :func:`vanishing.checkup._judge`). It remembers the step at which each symptom was first seen and
 converts to plain data (:meth:`Monitor.to_dict`, :meth:`Monitor.scalars`) for a logger. For the
 Hugging Face ``Trainer``, :class:`MonitorCallback` follows its callback protocol.
@@ -27,12 +27,9 @@ from torch import nn
 
 from . import checkup as _checkup
 from . import probes
-from .checks import integer
+from .checks import integer, module
 
-__all__ = ["Monitor", "MonitorCallback", "STALL_RATIO"]
-
-#: Largest update-to-weight ratio of a step at which training is called stalled (the checkup's).
-STALL_RATIO = _checkup.STALL_RATIO
+__all__ = ["Monitor", "MonitorCallback"]
 
 
 class Monitor:
@@ -40,9 +37,9 @@ class Monitor:
 
     ``Monitor(model, optimizer, every=50)`` hooks into ``optimizer.step()`` and into the forward
     passes of ``model``'s layers; use it as a context manager or call :meth:`remove` to detach.
-    ``thresholds`` overrides entries of :data:`vanishing.checkup.THRESHOLDS`; ``stall_ratio`` is
-    the update-to-weight ratio below which a step counts as stalled (default: the thresholds'
-    ``stalled_update``). Steps are counted from the
+    ``thresholds`` overrides entries of :data:`vanishing.checkup.THRESHOLDS` (``stalled_update``
+    is the update-to-weight ratio below which a step counts as stalled; :attr:`stall_ratio`
+    holds it). Steps are counted from the
     first ``optimizer.step()`` after attaching, starting at 0; a step that a ``GradScaler`` skips
     (non-finite gradients) never reaches the optimizer and is not counted. On a monitored step
     the monitor holds one copy of the weight matrices until the step is taken. Optimizers that
@@ -52,21 +49,12 @@ class Monitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 50,
-                 thresholds: Mapping[str, float] | None = None,
-                 stall_ratio: float | None = None):
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        model = _checkup.eager(model)
+                 thresholds: Mapping[str, float] | None = None):
+        model = _checkup.eager(module(model))
         self.optimizer = _checkup.torch_optimizer(optimizer)
         integer("every", every)
-        if stall_ratio is not None and (
-                isinstance(stall_ratio, bool) or not isinstance(stall_ratio, (int, float))
-                or not 0 < stall_ratio < 1):
-            raise ValueError(f"stall_ratio must be None or a number in (0, 1), got {stall_ratio!r}")
         self.every = every
         self.thresholds = _checkup._check_thresholds(thresholds)
-        if stall_ratio is not None:
-            self.thresholds["stalled_update"] = float(stall_ratio)
         self.stall_ratio = self.thresholds["stalled_update"]
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         self._params = {n: p for n, p in model.named_parameters() if id(p) in held}

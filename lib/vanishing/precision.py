@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import choice, integer, module, number
 from .probes import safe_norm
 
 __all__ = [
@@ -77,9 +78,8 @@ FORMATS: dict[str, tuple[torch.dtype, int]] = {
 
 
 def _check_format(fmt: object, param: str = "fmt") -> tuple[torch.dtype, int]:
-    if not isinstance(fmt, str) or fmt not in FORMATS:
-        raise ValueError(f"{param}={fmt!r} is unknown; allowed: {', '.join(FORMATS)}")
-    return FORMATS[fmt]
+    choice(param, fmt, FORMATS)
+    return FORMATS[str(fmt)]
 
 
 def _native_mul(dtype: torch.dtype) -> bool:
@@ -134,11 +134,7 @@ def repeated_product(
     Returns a float64 NumPy array of length ``steps + 1`` holding the rounded values.
     """
     dtype, _ = _check_format(fmt)
-    if (
-        isinstance(factor, bool) or not isinstance(factor, (int, float))
-        or not math.isfinite(factor)
-    ):
-        raise ValueError(f"factor must be a finite number, got {factor!r}")
+    number("factor", factor, -math.inf, high_ok=False, allowed="a finite number")
     integer("steps", steps, 0)
     native = _native_mul(dtype)
     work = dtype if native else torch.float32
@@ -175,8 +171,7 @@ def underflow_steps(
     CPUs, fast-math GPU code) the product is zero from the first entry on.
     """
     _check_format(fmt)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
-        raise ValueError(f"factor must be a number strictly between 0 and 1, got {factor!r}")
+    number("factor", factor, high=1.0, high_ok=False, allowed="a number strictly between 0 and 1")
     integer("max_steps", max_steps)
     values = repeated_product(factor, max_steps, fmt=fmt, device=device)
     normal = format_info(fmt)["smallest_normal"]
@@ -209,10 +204,8 @@ def layer_grad_norms(
     the backward pass stays exactly zero after unscaling. Input layer first. The copy, the
     inputs and the targets are moved to ``device`` (the model itself stays where it is).
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not loss_scale > 0:
-        raise ValueError(f"loss_scale must be positive, got {loss_scale!r}")
+    module(model)
+    number("loss_scale", loss_scale)
     dtype = dtype_of(name)
     clone = copy.deepcopy(model).to(device=device, dtype=dtype)
     weights = [p for p in clone.parameters() if p.dim() >= 2]
@@ -261,8 +254,8 @@ def amp_grad_norms(
     """
     if name not in ("float16", "bfloat16"):
         raise ValueError(f"name={name!r}: autocast formats are 'float16' and 'bfloat16'")
-    if init_scale is not None and not init_scale > 0:
-        raise ValueError(f"init_scale must be positive or None, got {init_scale!r}")
+    if init_scale is not None:
+        number("init_scale", init_scale, allowed="a positive number or None")
     weights = [p for p in model.parameters() if p.dim() >= 2]
     if not weights:
         raise ValueError("model has no weight matrices (parameters with 2+ dimensions)")
@@ -325,8 +318,7 @@ def time_call(
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    return statistics.median_high(times)
 
 
 def matmul_throughput(

@@ -28,14 +28,14 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import models
+from . import checks, models
 
 __all__ = [
     "SATURATING", "RECTIFIERS", "ACTIVATION_TYPES", "Signal", "signals", "safe_norm", "call",
@@ -51,6 +51,9 @@ RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CEL
               nn.Mish, nn.Softplus, nn.Hardswish)
 #: Every module type the library treats as an elementwise activation: the one list.
 ACTIVATION_TYPES = SATURATING + RECTIFIERS
+# A saturating unit counts as saturated where its derivative is below this share of the
+# activation's largest derivative (the checkup's default "saturation_derivative").
+_SATURATED_BELOW = 0.1
 
 
 def safe_norm(tensor: torch.Tensor) -> float:
@@ -134,7 +137,7 @@ class Signal:
     all its parameters if it has none such) and of their gradient;
     ``update_ratio`` is ``||step|| / ||weights||`` for one step of the optimizer
     passed to :func:`signals`. ``saturated`` (saturating activations: share of
-    entries whose derivative is below ``threshold`` times its largest) and
+    entries whose derivative is below a tenth of its largest) and
     ``dead`` (rectifiers: share of units whose derivative is zero for the whole
     batch; parametrized layers: share of input features exactly zero for the
     whole batch, which catches dead units of functional activations such as
@@ -155,9 +158,6 @@ class Signal:
     update_ratio: float | None
     saturated: float | None
     dead: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _own_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -302,7 +302,6 @@ def signals(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     train: bool | None = None,
-    threshold: float = 0.1,
 ) -> list[Signal]:
     """Forward and backward signal of every layer of ``model`` on one batch, in the order the
     layers run.
@@ -319,8 +318,7 @@ def signals(
     and the user's backward hooks are silenced, so nothing the user registered
     fires and ``.grad`` stays untouched; see :func:`preserved` for what else is restored.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = checks.module(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             "model has no parameters that require grad: there is no gradient to measure"
@@ -329,13 +327,11 @@ def signals(
         raise ValueError(
             f"loss_fn must be callable (outputs, targets) -> scalar or None, got {loss_fn!r}"
         )
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(
             f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
         )
-    layers, grad_of, steps = _measure(model, inputs, targets, loss_fn, optimizer, train, threshold)
+    layers, grad_of, steps = _measure(model, inputs, targets, loss_fn, optimizer, train)
     out = []
     for module, layer in layers.items():
         weights = [p for _, p in _own_weights(module)]
@@ -372,7 +368,7 @@ def _std_ratio(steps: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -
 
 
 def _measure(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable | None,
-             optimizer: torch.optim.Optimizer | None, train: bool | None, threshold: float
+             optimizer: torch.optim.Optimizer | None, train: bool | None
              ) -> tuple[dict[nn.Module, _Layer], dict[torch.Tensor, torch.Tensor | None], dict]:
     """The one forward and backward pass behind every measurement: hooks, gradients, an optional
     step."""
@@ -395,7 +391,7 @@ def _measure(model: nn.Module, inputs: Any, targets: Any, loss_fn: Callable | No
         layer.add("input_spread", _spread(x))
         # before the module runs: an in-place one overwrites x
         if isinstance(module, ACTIVATION_TYPES):
-            saturated, dead = _activation_shares(module, x, threshold, cache)
+            saturated, dead = _activation_shares(module, x, _SATURATED_BELOW, cache)
             if isinstance(module, SATURATING):
                 layer.add("saturated", saturated, n)
             else:
@@ -491,8 +487,7 @@ def weight_names(model: nn.Module) -> list[str]:
 
 
 def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = checks.module(model)
     if not any(True for _ in model.parameters()):
         raise ValueError("model has no parameters: there is no gradient to measure")
 
@@ -517,7 +512,7 @@ def grad_norms(
     matrices = [p for p in names if p.dim() >= 2 and p.requires_grad]
     if not matrices:
         raise ValueError("model has no weight matrices (parameters with 2+ dimensions) to measure")
-    layers, grad_of, _ = _measure(model, inputs, targets, loss_fn, None, train, 0.1)
+    layers, grad_of, _ = _measure(model, inputs, targets, loss_fn, None, train)
     ran = [
         p for m in layers for p in m.parameters(recurse=False) if p.dim() >= 2 and p.requires_grad
     ]
@@ -560,7 +555,6 @@ def activation_stats(
     model: nn.Module,
     inputs: Any,
     *,
-    threshold: float = 0.1,
     train: bool | None = None,
 ) -> list[dict[str, float | str]]:
     """Statistics of every activation module's output on one batch, in forward order (no
@@ -568,7 +562,7 @@ def activation_stats(
 
     For each layer: ``name``, ``kind`` (the module class), ``mean`` and ``std`` of
     its output, ``saturated`` - the fraction of (example, unit) entries whose
-    derivative is below ``threshold`` times the activation's largest
+    derivative is below a tenth of the activation's largest
     derivative - and ``dead`` - the fraction of units whose derivative is exactly
     zero for every example in the batch (a dead rectifier passes no gradient).
     For rectifiers ``saturated`` is simply the share of inactive entries (about
@@ -576,13 +570,11 @@ def activation_stats(
     Units are the last dimension (an MLP's features; channels for feature maps).
     """
     _check_model(model)
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
     names = {m: n for n, m in model.named_modules()}
     cache: dict = {}
     stats: list[dict[str, float | str]] = []
     for module, x, out in _activation_pass(model, inputs, train):
-        saturated, dead = _activation_shares(module, x, threshold, cache)
+        saturated, dead = _activation_shares(module, x, _SATURATED_BELOW, cache)
         out = out.float()
         stats.append({"name": names[module], "kind": type(module).__name__,
                       "mean": float(out.mean()),
@@ -601,24 +593,24 @@ def gradient_profile(
     init: str | models.Init,
     norm: str | None = None,
     seeds: Sequence[int] = (0,),
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
-    train: bool | None = True,
 ) -> np.ndarray:
     """Per-layer gradient norms ||dL/dW_l|| of freshly built networks, one row per seed.
 
     Builds ``models.mlp`` with the given shape for each seed (torch's global
-    generator is seeded with it), measures the gradient norms on
-    ``(inputs, targets)`` (as :func:`grad_norms` does) and returns an array of shape
-    ``(len(seeds), depth + 1)``: hidden layers from the input, read-out last.
+    generator is seeded with it), measures the gradient norms of the cross-entropy on
+    ``(inputs, targets)`` (class indices; as :func:`grad_norms` does, in training mode)
+    and returns an array of shape ``(len(seeds), depth + 1)``: hidden layers from the
+    input, read-out last.
 
-    Where the networks can be stacked (no batch normalization, the loss cross-entropy
-    or mean squared error) all seeds are measured in one pass of
+    Without batch normalization all seeds are measured in one pass of
     :mod:`vanishing.sweeps`, which gives the same numbers (bit for bit on the build
-    machine); otherwise one network at a time.
+    machine); with it (it couples the examples of a batch) one network at a time.
     """
     if len(seeds) == 0:
         raise ValueError("seeds must hold at least one seed")
-    out_features = int(targets.max()) + 1 if targets.dtype == torch.long else int(targets.shape[-1])
+    if targets.dtype != torch.long:
+        raise ValueError(f"targets must be class indices (dtype long), got {targets.dtype}")
+    out_features = int(targets.max()) + 1
     nets = []
     for s in seeds:
         torch.manual_seed(int(s))
@@ -628,15 +620,11 @@ def gradient_profile(
         ).to(inputs.device))
     from . import sweeps  # here, not at the top: sweeps imports train, which imports probes
 
-    stacked_loss = {
-        nn.functional.cross_entropy: "cross_entropy", nn.functional.mse_loss: "mse"
-    }.get(loss_fn)
-    if norm != "batch" and stacked_loss is not None:
-        return sweeps.grad_norms_batched(
-            sweeps.stack_mlps(nets), inputs, targets, loss=stacked_loss
-        ).numpy()
-    return np.asarray([list(grad_norms(net, inputs, targets, loss_fn, train=train).values())
-                       for net in nets], dtype=float)
+    if norm != "batch":
+        return sweeps.grad_norms_batched(sweeps.stack_mlps(nets), inputs, targets).numpy()
+    return np.asarray(
+        [list(grad_norms(net, inputs, targets, nn.functional.cross_entropy, train=True).values())
+         for net in nets], dtype=float)
 
 
 def inactive_fraction(
@@ -649,8 +637,7 @@ def inactive_fraction(
     the whole batch. For a leaky ReLU it is merely "off": it still passes a
     gradient scaled by the leak, so it can come back.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = checks.module(model)
     seen = [x for _, x, _ in _activation_pass(model, inputs, train)]
     return [float((z.reshape(-1, z.shape[-1]) <= 0).all(dim=0).float().mean()) for z in seen]
 
@@ -661,12 +648,12 @@ def gradient_predictiveness(
     targets: torch.Tensor,
     *,
     etas: Sequence[float],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
 ) -> dict[str, np.ndarray]:
     """Walk along the negative gradient and record how the loss and the gradient change.
 
-    At parameters theta with gradient g, for each step size eta it evaluates the
-    loss L(theta - eta g) and the gradient change ||grad L(theta - eta g) - g||.
+    At parameters theta with gradient g of the cross-entropy L on ``(inputs, targets)``,
+    for each step size eta it evaluates the loss L(theta - eta g) and the gradient change
+    ||grad L(theta - eta g) - g||.
     Returns ``loss`` (len(etas),), ``grad_change`` (len(etas),), ``grad_norm``
     (a scalar array) and ``beta``: the largest ratio ||grad change|| / ||eta g||, an
     effective smoothness constant along this direction (Santurkar et al. 2018).
@@ -680,7 +667,7 @@ def gradient_predictiveness(
     saved = [p.detach().clone() for p in params]
 
     def grad_at() -> tuple[float, list[torch.Tensor]]:
-        loss = loss_fn(model(inputs), targets)
+        loss = nn.functional.cross_entropy(model(inputs), targets)
         return float(loss.detach()), [g.detach() for g in torch.autograd.grad(loss, params)]
 
     with preserved(model, train=True):

@@ -22,7 +22,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import integer, number
 
 __all__ = [
     "MAX_ENUMERATE",
@@ -52,12 +52,6 @@ def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     ).to(p.dtype)
 
 
-def _positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
 class RBM(nn.Module):
     """A binary-binary restricted Boltzmann machine with ``visible`` and ``hidden`` units.
 
@@ -71,8 +65,7 @@ class RBM(nn.Module):
         super().__init__()
         integer("visible", visible)
         integer("hidden", hidden)
-        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
-            raise ValueError(f"init_std must be a non-negative number, got {init_std!r}")
+        number("init_std", init_std, low_ok=True, allowed="a non-negative number")
         self.W = nn.Parameter(
             torch.randn(hidden, visible, generator=generator) * init_std, requires_grad=False
         )
@@ -150,13 +143,12 @@ def train_rbm(
     if float(data.min()) < 0 or float(data.max()) > 1:
         raise ValueError("data must lie in [0, 1] (probabilities or binary pixels)")
     integer("epochs", epochs)
-    _positive_float("lr", lr)
+    number("lr", lr)
     integer("k", k)
     integer("batch_size", batch_size)
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+    number("momentum", momentum, high=1.0, low_ok=True, high_ok=False,
+           allowed="a number in [0, 1)")
+    number("weight_decay", weight_decay, low_ok=True, allowed="a non-negative number")
     n = data.shape[0]
     vel = [torch.zeros_like(p) for p in (rbm.W, rbm.b_v, rbm.b_h)]
     history: dict[str, list[float]] = {"epoch": [], "recon_error": [], "free_energy": []}
@@ -216,12 +208,9 @@ def log_partition(rbm: RBM) -> float:
         return float(torch.logsumexp(terms, dim=0))
 
 
-def log_likelihood(rbm: RBM, v: torch.Tensor, *, log_z: float | None = None) -> torch.Tensor:
-    """Exact log p(v) = -F(v) - log Z for each row of ``v`` (``log_z`` may be passed to reuse
-    it)."""
-    if log_z is None:
-        log_z = log_partition(rbm)
-    return -rbm.free_energy(v).double() - log_z
+def log_likelihood(rbm: RBM, v: torch.Tensor) -> torch.Tensor:
+    """Exact log p(v) = -F(v) - log Z for each row of ``v`` (Z from :func:`log_partition`)."""
+    return -rbm.free_energy(v).double() - log_partition(rbm)
 
 
 class DBN(nn.Module):
@@ -265,23 +254,17 @@ class DBN(nn.Module):
         top = cast(RBM, self.rbms[-1])
         return self.down(top.visible_probs(top.hidden_probs(self.up(v, len(self.rbms) - 1))))
 
-    def sample(self, n: int, *, gibbs_steps: int = 200, generator: torch.Generator | None = None,
-               start: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, gibbs_steps: int = 200,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """The ancestral pass: ``gibbs_steps`` of Gibbs sampling in the top RBM, then one sweep
         down.
 
-        ``start`` (states of the top RBM's visible layer) seeds the chains; by
-        default they start from fair coin flips. Returns pixel probabilities.
+        The ``n`` chains start from fair coin flips. Returns pixel probabilities.
         """
         integer("n", n)
         integer("gibbs_steps", gibbs_steps)
         top = cast(RBM, self.rbms[-1])
-        if start is None:
-            start = _bernoulli(torch.full((n, top.visible), 0.5, device=top.W.device), generator)
-        elif start.shape != (n, top.visible):
-            raise ValueError(
-                f"start must have shape ({n}, {top.visible}), got {tuple(start.shape)}"
-            )
+        start = _bernoulli(torch.full((n, top.visible), 0.5, device=top.W.device), generator)
         v = top.gibbs(start, gibbs_steps, generator=generator)
         return self.down(v)
 
@@ -393,23 +376,11 @@ def init_from_dbn(model: nn.Module, dbn: DBN) -> None:
 
 
 def digits_unit(
-    *, test_fraction: float = 0.25, seed: int = 0, device: torch.device | str = "cpu"
+    *, device: torch.device | str = "cpu"
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """scikit-learn's 8x8 digits with pixels scaled from 0..16 to [0, 1], the range an RBM's
-    units model.
+    units model: :func:`vanishing.data.digits` with ``unit=True`` (same split)."""
+    from . import data
 
-    Same stratified split as :func:`vanishing.data.digits` for the same ``seed``.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(
-        x / 16.0, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
-    as_x = lambda a: torch.tensor(a, dtype=torch.float32, device=device)
-    as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)
-    return (as_x(xtr), as_y(ytr)), (as_x(xte), as_y(yte))
+    return data.digits(device=device, unit=True)
 

@@ -12,15 +12,15 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
-from .train import check_schedule
+from .checks import choice, integer, number
+from .train import _check_schedule
 
 __all__ = [
-    "CELLS", "SequenceModel", "rnn", "lstm_step", "lstm_trace", "cell_contributions",
+    "SequenceModel", "rnn", "lstm_step", "lstm_trace", "cell_contributions",
     "input_grad_by_lag", "side_by_side_logits", "train_side_by_side",
 ]
 
-CELLS = ("rnn", "lstm", "gru")
+_CELLS = ("rnn", "lstm", "gru")
 
 
 class SequenceModel(nn.Module):
@@ -46,11 +46,10 @@ def rnn(
     input_size: int,
     hidden_size: int,
     output_size: int,
-    num_layers: int = 1,
     nonlinearity: str = "tanh",
     forget_bias: float | None = None,
 ) -> SequenceModel:
-    """Build a sequence model with ``cell`` in ``("rnn", "lstm", "gru")``.
+    """Build a one-layer sequence model with ``cell`` in ``("rnn", "lstm", "gru")``.
 
     ``nonlinearity`` (``"tanh"`` or ``"relu"``) applies to the vanilla RNN only.
     ``forget_bias`` sets the LSTM's forget-gate bias (Gers et al. 2000 advise a
@@ -58,21 +57,19 @@ def rnn(
     default, which draws both bias vectors uniformly from +-1/sqrt(hidden_size):
     a random forget bias centred on zero.
     """
-    if cell not in CELLS:
-        raise ValueError(f"cell={cell!r} is unknown; allowed: {', '.join(CELLS)}")
+    choice("cell", cell, _CELLS)
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                        ("output_size", output_size), ("num_layers", num_layers)):
+                        ("output_size", output_size)):
         integer(name, value)
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity={nonlinearity!r} is unknown; allowed: 'tanh', 'relu'")
+    choice("nonlinearity", nonlinearity, ("tanh", "relu"))
     if forget_bias is not None and cell != "lstm":
         raise ValueError(f"forget_bias applies to cell='lstm' only, got cell={cell!r}")
     if cell == "rnn":
         core: nn.RNNBase = nn.RNN(
-            input_size, hidden_size, num_layers, nonlinearity=nonlinearity, batch_first=True
+            input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True
         )
     elif cell == "lstm":
-        core = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
+        core = nn.LSTM(input_size, hidden_size, batch_first=True)
         if forget_bias is not None:
             with torch.no_grad():
                 for name, p in core.named_parameters():
@@ -83,7 +80,7 @@ def rnn(
                     elif name.startswith("bias_hh"):
                         p[hidden_size:2 * hidden_size] = 0.0
     else:
-        core = nn.GRU(input_size, hidden_size, num_layers, batch_first=True)
+        core = nn.GRU(input_size, hidden_size, batch_first=True)
     return SequenceModel(core, nn.Linear(hidden_size, output_size))
 
 
@@ -162,22 +159,20 @@ def cell_contributions(trace: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def input_grad_by_lag(
-    model: SequenceModel, x: torch.Tensor, targets: torch.Tensor,
-    loss_fn=nn.functional.cross_entropy,
+    model: SequenceModel, x: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """Mean over the batch of ||dL/dx_t|| for every step t, as a tensor indexed by lag T - t.
 
     Entry ``k`` is the gradient norm at the input ``k`` steps before the last
-    one (``k = 0`` is the last input). The loss is read from the last step, so
+    one (``k = 0`` is the last input). The loss, the cross-entropy of the output with
+    ``targets``, is read from the last step, so
     this is how much the error signal has shrunk after travelling back ``k``
     steps in time.
     """
     if not isinstance(model, SequenceModel):
         raise ValueError(f"model must be a SequenceModel, got {type(model).__name__}")
     x = x.detach().clone().requires_grad_(True)
-    loss = loss_fn(model(x), targets)
-    if loss.dim() != 0:
-        raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
+    loss = nn.functional.cross_entropy(model(x), targets)
     (g,) = torch.autograd.grad(loss, x)
     return g.norm(dim=2).mean(dim=0).flip(0).detach()
 
@@ -194,10 +189,8 @@ def side_by_side_logits(
     or ``nn.GRU``, so that model k computes what its own module computes; batching the K models
     into one matrix product per step is what makes a sweep over seeds fast on a CPU.
     """
-    if cell not in CELLS:
-        raise ValueError(f"cell={cell!r} is unknown; allowed: {', '.join(CELLS)}")
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity={nonlinearity!r} is unknown; allowed: 'tanh', 'relu'")
+    choice("cell", cell, _CELLS)
+    choice("nonlinearity", nonlinearity, ("tanh", "relu"))
     if x.dim() != 4:
         raise ValueError(f"x must have shape (models, batch, time, features), got {tuple(x.shape)}")
     act = torch.relu if nonlinearity == "relu" else torch.tanh
@@ -263,10 +256,10 @@ def train_side_by_side(
     n = len(data[0][0])
     if any(len(x) != n or len(y) != n for x, y in data):
         raise ValueError("data: every model's (inputs, targets) must have the same number of rows")
-    check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
+    _check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
                    clip=clip, batch_size=batch_size, n=n)
-    if any(isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 for lr in lrs):
-        raise ValueError(f"lrs must be positive numbers, got {lrs!r}")
+    for i, lr in enumerate(lrs):
+        number(f"lrs[{i}]", lr)
     nonlinearity = getattr(core, "nonlinearity", "tanh")
     names = [k for k, _ in models[0].named_parameters()]
     rates = sorted(set(lrs))  # one stacked leaf per rate, so that one Adam holds a group per rate

@@ -28,7 +28,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import integer, module, number
 
 __all__ = [
     "SearchResult",
@@ -69,8 +69,7 @@ class SearchResult:
 
 
 def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = module(model)
     if not any(True for _ in model.parameters()):
         raise ValueError("model has no parameters to search over")
 
@@ -93,11 +92,10 @@ def set_flat_parameters(model: nn.Module, vector: torch.Tensor) -> None:
             f"vector must be a 1-D tensor of {total} numbers (the model's parameter count), "
             f"got {shape}"
         )
+    params = list(model.parameters())
     with torch.no_grad():
-        start = 0
-        for p in model.parameters():
-            p.copy_(vector[start:start + p.numel()].reshape(p.shape))
-            start += p.numel()
+        for p, v in zip(params, vector.split([p.numel() for p in params]), strict=True):
+            p.copy_(v.reshape(p.shape))
 
 
 def _check_data(model: object, inputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -200,19 +198,17 @@ def evolution_strategy(
     fitness: Callable[[], float],
     *,
     max_evals: int,
-    population: int = 20,
-    parents: int = 5,
     sigma: float = 0.5,
     init_scale: float = 1.0,
     target: float | None = None,
     seed: int = 0,
 ) -> SearchResult:
-    """A simple (mu + lambda) evolution strategy over the flattened weights.
+    """A simple (5 + 20) evolution strategy over the flattened weights.
 
-    Start from ``population`` uniform guesses in ``[-init_scale, init_scale)``;
-    each generation keeps the ``parents`` fittest vectors seen so far and makes
-    ``population`` children by adding Gaussian noise of standard deviation
-    ``sigma`` to parents chosen in turn. The next parents are chosen from the
+    Start from 20 uniform guesses in ``[-init_scale, init_scale)``; each
+    generation keeps the 5 fittest vectors seen so far (the parents) and makes
+    20 children by adding Gaussian noise of standard deviation ``sigma`` to
+    parents chosen in turn. The next parents are chosen from the
     parents and children together (plus selection, "+"; comma selection, ",",
     would choose from the children only). Selection uses nothing but fitness
     values, so a vanishing gradient cannot slow it; what slows it is a fitness
@@ -221,14 +217,9 @@ def evolution_strategy(
     """
     _check_model(model)
     _check_common(max_evals, target)
-    integer("population", population)
-    integer("parents", parents)
-    if parents > population:
-        raise ValueError(f"parents must be at most population={population}, got {parents!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    if not init_scale > 0:
-        raise ValueError(f"init_scale must be positive, got {init_scale!r}")
+    number("sigma", sigma)
+    number("init_scale", init_scale)
+    population, parents = 20, 5
     gen = torch.Generator().manual_seed(seed)
     n = flat_parameters(model).numel()
     pool: list[tuple[float, torch.Tensor]] = []
@@ -307,10 +298,8 @@ def antithetic_es(
     _check_model(model)
     _check_common(max_evals, target)
     integer("pairs", pairs)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    number("sigma", sigma)
+    number("lr", lr)
     if max_evals < 2 * pairs + 2:
         raise ValueError(
             f"max_evals must allow the start and one generation, at least 2*pairs+2 = "
@@ -353,26 +342,21 @@ def gradient_descent(
     *,
     max_steps: int,
     lr: float = 0.01,
-    optimizer: str = "adam",
     target: float = 1.0,
 ) -> SearchResult:
-    """Full-batch gradient training on ``(inputs, targets)`` until training accuracy reaches
-    ``target``.
+    """Full-batch Adam on the cross-entropy of ``(inputs, targets)`` until training accuracy
+    reaches ``target``.
 
     The accuracy is read from each step's own forward pass (before the
     update), so checking costs nothing extra. ``evaluations`` counts
     :data:`BACKWARD_COST` per step - forward plus backward in forward-pass
     equivalents over the same set a search evaluates - so the result is
     comparable with :func:`random_search` and :func:`evolution_strategy`.
-    ``optimizer`` is ``"adam"`` or ``"sgd"``.
     """
     _check_model(model)
     integer("max_steps", max_steps)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: 'adam', 'sgd'")
-    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=lr)
+    number("lr", lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[float] = []
     best_fit, best = -float("inf"), flat_parameters(model)
     for _ in range(max_steps):

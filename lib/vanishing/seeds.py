@@ -13,8 +13,11 @@ with :func:`spread`, and outcomes against a stated threshold ("learns in 4 of
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .checks import number
 
 __all__ = ["Spread", "spread", "count"]
 
@@ -63,17 +66,11 @@ def spread(values: Iterable[float]) -> Spread:
     divergence, counts).
     """
     out = sorted(_values(values, "spread"))
-    n = len(out)
-    median = out[n // 2] if n % 2 else (out[n // 2 - 1] + out[n // 2]) / 2
-    return Spread(median=median, low=out[0], high=out[-1], n=n)
+    return Spread(median=statistics.median(out), low=out[0], high=out[-1], n=len(out))
 
 
 def count(values: Iterable[float], threshold: float, *, above: bool = True) -> int:
     """How many seeds reach ``threshold`` (``>=`` it, or ``<=`` it with ``above=False``)."""
-    if (
-        isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-        or math.isnan(threshold)
-    ):
-        raise ValueError(f"count: threshold must be a number, got {threshold!r}")
+    number("count: threshold", threshold, -math.inf, low_ok=True, allowed="a number")
     out = _values(values, "count")
     return sum(v >= threshold for v in out) if above else sum(v <= threshold for v in out)

@@ -33,11 +33,10 @@ from torch import nn
 
 from . import models
 from . import train as train_mod
-from .checks import integer
+from .checks import choice, integer
 from .runtime import progress
 
 __all__ = [
-    "LOSSES",
     "OPTIMIZERS",
     "StackedMLP",
     "build_mlp",
@@ -48,8 +47,6 @@ __all__ = [
     "train_many",
 ]
 
-#: Losses the batched functions compute per network (the names :func:`vanishing.train.train` uses).
-LOSSES = ("cross_entropy", "mse")
 #: The optimizers of :func:`vanishing.train.train` that :func:`train_batched` offers: plain SGD and
 #: SGD with momentum 0.9 (``torch.optim.SGD``'s updates; elementwise, so stacking does not change
 #: them).
@@ -267,59 +264,48 @@ def _check_stacked(stacked: object) -> StackedMLP:
 
 
 def _check_data(
-    inputs: object, targets: object, loss: str, stacked: StackedMLP, name: str = "data"
+    inputs: object, targets: object, stacked: StackedMLP, name: str = "data"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a pair (inputs, targets) for ``loss`` and move it to the stack's device."""
+    """Validate a pair (inputs, class targets) and move it to the stack's device."""
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise ValueError(f"{name}: inputs and targets must be tensors")
-    if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)}")
-    fan_in, n_out = stacked.weights[0].shape[2], stacked.weights[-1].shape[1]
+    fan_in = stacked.weights[0].shape[2]
     if inputs.dim() != 2 or inputs.shape[1] != fan_in:
         raise ValueError(
             f"{name}: inputs must have shape (batch, {fan_in}), got {tuple(inputs.shape)}"
         )
     if len(targets) != len(inputs):
         raise ValueError(f"{name}: {len(inputs)} inputs but {len(targets)} targets")
-    if loss == "cross_entropy" and (targets.dim() != 1 or targets.dtype != torch.long):
+    if targets.dim() != 1 or targets.dtype != torch.long:
         raise ValueError(f"{name}: cross_entropy needs targets of shape (batch,) and dtype long")
-    if loss == "mse" and tuple(targets.shape) != (len(inputs), n_out):
-        raise ValueError(f"{name}: mse needs targets of shape ({len(inputs)}, {n_out}), "
-                         f"got {tuple(targets.shape)}")
     x = inputs.to(device=stacked.device, dtype=stacked.weights[0].dtype)
-    y = targets.to(stacked.device) if loss == "cross_entropy" else targets.to(x)
-    return x, y
+    return x, targets.to(stacked.device)
 
 
-def _losses(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Each network's mean loss (K,) on its batch: what F.cross_entropy / F.mse_loss give one
+def _losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each network's mean cross-entropy (K,) on its batch: what F.cross_entropy gives one
     network (to float rounding)."""
-    if loss == "cross_entropy":
-        mask = F.one_hot(y, out.shape[-1]).to(out.dtype)
-        return -(out.log_softmax(dim=-1) * mask).sum(dim=-1).mean(dim=1)
-    return (out - y).pow(2).flatten(1).mean(dim=1)
+    mask = F.one_hot(y, out.shape[-1]).to(out.dtype)
+    return -(out.log_softmax(dim=-1) * mask).sum(dim=-1).mean(dim=1)
 
 
 @torch.no_grad()
 def _evaluate(
-    stacked: StackedMLP, x: torch.Tensor, y: torch.Tensor, loss: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss (K,) and, for classification, accuracy (K,) of every network on all of (x, y), in
-    row chunks of at most :data:`EVAL_ELEMENTS` activations."""
+    stacked: StackedMLP, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (K,) and accuracy (K,) of every network on all of (x, y), in row chunks of at most
+    :data:`EVAL_ELEMENTS` activations."""
     width = max(w.shape[1] for w in stacked.weights)
     rows = max(1, EVAL_ELEMENTS // (stacked.size * width))
     per_example, hits = [], []
     for start in range(0, len(x), rows):
         out, yc = stacked(x[start:start + rows]), y[start:start + rows]
-        if loss == "cross_entropy":
-            # logsumexp minus the target's logit: F.cross_entropy's value, deterministic on CUDA.
-            target = (out * F.one_hot(yc, out.shape[-1]).to(out.dtype)).sum(dim=-1)
-            per_example.append(out.logsumexp(dim=-1) - target)
-            hits.append(out.argmax(dim=-1) == yc)
-        else:
-            per_example.append((out - yc).pow(2).flatten(1))
+        # logsumexp minus the target's logit: F.cross_entropy's value, deterministic on CUDA.
+        target = (out * F.one_hot(yc, out.shape[-1]).to(out.dtype)).sum(dim=-1)
+        per_example.append(out.logsumexp(dim=-1) - target)
+        hits.append(out.argmax(dim=-1) == yc)
     losses = torch.cat(per_example, dim=1).mean(dim=1)
-    return losses, (torch.cat(hits, dim=1).float().mean(dim=1) if hits else None)
+    return losses, torch.cat(hits, dim=1).float().mean(dim=1)
 
 
 def _layer_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -329,7 +315,7 @@ def _layer_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def grad_norms_batched(
-    stacked: StackedMLP, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy"
+    stacked: StackedMLP, inputs: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """Norm of dLoss/dW for every weight matrix of every stacked network: shape (K, depth + 1),
     float64, on the CPU.
@@ -339,8 +325,8 @@ def grad_norms_batched(
     not changed.
     """
     stacked = _check_stacked(stacked)
-    x, y = _check_data(inputs, targets, loss, stacked, name="inputs/targets")
-    total = _losses(stacked(x), y, loss).sum()
+    x, y = _check_data(inputs, targets, stacked, name="inputs/targets")
+    total = _losses(stacked(x), y).sum()
     return _layer_norms(torch.autograd.grad(total, list(stacked.weights))).cpu()
 
 
@@ -352,7 +338,6 @@ def train_batched(
     lr: float,
     batch_size: int | None = 64,
     optimizer: str = "sgd",
-    loss: str = "cross_entropy",
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     eval_every: int = 10,
     clip: float | None = None,
@@ -367,7 +352,7 @@ def train_batched(
     drawn with ``generator`` (``None``: torch's global generator; ``batch_size=None``: full
     batch); ``clip`` rescales each network's whole gradient to at most that norm (as
     ``clip_grad_norm_`` on that network alone); every ``eval_every`` steps (and at step 1) the
-    loss and, for classification, the accuracy on all of ``data`` (and ``test_data``) are
+    cross-entropy loss and the accuracy on all of ``data`` (and ``test_data``) are
     recorded, and with ``record_grad_norms`` the norm of each weight matrix's gradient on
     that step's batch (before clipping, as ``train.train`` records it). With one generator
     all K networks see the *same* minibatches; with a list of K generators network k draws
@@ -392,14 +377,14 @@ def train_batched(
                          f"got {type(generator).__name__}")
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
-    x_all, y_all = _check_data(data[0], data[1], loss, stacked)
-    train_mod.check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
+    x_all, y_all = _check_data(data[0], data[1], stacked)
+    train_mod._check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
                              allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=len(x_all))
     sets = [("", x_all, y_all)]
     if test_data is not None:
         if not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):
             raise ValueError("test_data must be a pair (inputs, targets) or None")
-        sets.append(("test_", *_check_data(*test_data, loss, stacked, name="test_data")))
+        sets.append(("test_", *_check_data(*test_data, stacked, name="test_data")))
 
     params: list[torch.Tensor] = list(stacked.parameters())
     weights = list(stacked.weights)
@@ -418,7 +403,7 @@ def train_batched(
             x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
         for p in params:
             p.grad = None
-        per_net = _losses(stacked(x), y, loss)
+        per_net = _losses(stacked(x), y)
         per_net.sum().backward()
         grads = [cast(torch.Tensor, p.grad) for p in params]
         evaluating = step % eval_every == 0 or step == 1
@@ -452,10 +437,9 @@ def train_batched(
         if evaluating:
             steps_seen.append(step)
             for prefix, xs, ys in sets:
-                losses, hits = _evaluate(stacked, xs, ys, loss)
+                losses, hits = _evaluate(stacked, xs, ys)
                 columns.setdefault(prefix + "loss", []).append(losses)
-                if hits is not None:
-                    columns.setdefault(prefix + "acc", []).append(hits)
+                columns.setdefault(prefix + "acc", []).append(hits)
     history: dict[str, Any] = {"step": steps_seen}
     for key, cols in columns.items():
         history[key] = torch.stack(cols, dim=1).float().cpu()
@@ -531,8 +515,7 @@ def train_many(
                          f"got {seeds!r}")
     for i, seed in enumerate(seeds):
         integer(f"seeds[{i}]", seed, 0)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    choice("optimizer", optimizer, OPTIMIZERS)
     schedule: dict[str, Any] = dict(steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                                     test_data=test_data, eval_every=eval_every, clip=clip)
     out: list[dict[str, object]] = [{} for _ in nets]

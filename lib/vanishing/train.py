@@ -1,25 +1,22 @@
 """One small training loop that every chapter shares, returning a plain history.
 
-The loop is deliberately ordinary - minibatch SGD or Adam, an optional
-gradient-norm clip - so that what changes between experiments is the model,
-never the training procedure.
+The loop is deliberately ordinary - cross-entropy, minibatch SGD (with or without
+momentum) or Adam, an optional gradient-norm clip - so that what changes between
+experiments is the model, never the training procedure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from .checks import integer
+from .checks import choice, integer, module, number
 from .probes import weight_names
 from .runtime import progress
 
-__all__ = ["OPTIMIZERS", "LOSSES", "Diverged", "train", "accuracy", "check_schedule", "draw_batch"]
+__all__ = ["OPTIMIZERS", "Diverged", "train", "accuracy", "draw_batch"]
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "rprop")
-LOSSES = ("cross_entropy", "mse")
+OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 class Diverged(FloatingPointError):
@@ -44,21 +41,17 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float((logits.argmax(dim=-1) == targets).float().mean())
 
 
-def check_schedule(
+def _check_schedule(
     *, steps: object, eval_every: object, lr: object, optimizer: object, allowed: tuple[str, ...],
     clip: object, batch_size: object, n: int,
 ) -> None:
     """Validate the arguments every training loop of the library shares, naming the bad one."""
     for name, value in (("steps", steps), ("eval_every", eval_every)):
         integer(name, value)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if optimizer not in allowed:
-        raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {', '.join(allowed)}")
-    if clip is not None and (
-        isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
-    ):
-        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+    number("lr", lr)
+    choice("optimizer", optimizer, allowed)
+    if clip is not None:
+        number("clip", clip, allowed="a positive number or None")
     if batch_size is not None:
         integer("batch_size", batch_size, 1, n)
 
@@ -84,11 +77,7 @@ def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr)
     if name == "momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    return torch.optim.Rprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
 
 
 def train(
@@ -99,14 +88,15 @@ def train(
     lr: float,
     batch_size: int | None = 64,
     optimizer: str = "sgd",
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy",
     test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     eval_every: int = 10,
     clip: float | None = None,
     record_grad_norms: bool = False,
     generator: torch.Generator | None = None,
 ) -> dict[str, list]:
-    """Train ``model`` on ``data = (inputs, targets)`` for ``steps`` updates.
+    """Train ``model`` on ``data = (inputs, targets)`` (class indices) for ``steps`` updates of
+    the cross-entropy with ``optimizer`` (one of :data:`OPTIMIZERS`; ``"momentum"`` is SGD with
+    momentum 0.9).
 
     ``batch_size=None`` uses the whole set each step (full-batch). Minibatches
     are drawn with ``generator`` (or torch's global generator, seeded by
@@ -116,40 +106,27 @@ def train(
     weight matrix on that step's batch. ``clip`` rescales the whole gradient to
     at most that norm (Pascanu et al. 2013).
 
-    Returns a dict of lists: ``step``, ``loss``, ``acc`` (classification only),
-    ``test_loss``, ``test_acc`` and ``grad_norms`` (a list of dicts) when recorded.
+    Returns a dict of lists: ``step``, ``loss``, ``acc``, ``test_loss`` and ``test_acc``
+    (with ``test_data``) and ``grad_norms`` (a list of dicts) when recorded.
     A loss that stops being finite raises :class:`Diverged` (a ``FloatingPointError``).
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    module(model)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (inputs, targets)")
     inputs, targets = data
     if len(inputs) != len(targets):
         raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
     n = len(inputs)
-    check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
+    _check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
                    allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
-    if callable(loss):
-        loss_fn = loss
-    elif loss == "cross_entropy":
-        loss_fn = nn.functional.cross_entropy
-    elif loss == "mse":
-        loss_fn = nn.functional.mse_loss
-    else:
-        raise ValueError(f"loss={loss!r} is unknown; allowed: {', '.join(LOSSES)} or a callable")
-    classify = loss == "cross_entropy"
+    loss_fn = nn.functional.cross_entropy
 
     opt = _optimizer(optimizer, model.parameters(), lr)
     names = weight_names(model)
     params = dict(model.named_parameters())
-    history: dict[str, list] = {"step": [], "loss": []}
-    if classify:
-        history["acc"] = []
+    history: dict[str, list] = {"step": [], "loss": [], "acc": []}
     if test_data is not None:
-        history["test_loss"] = []
-        if classify:
-            history["test_acc"] = []
+        history["test_loss"], history["test_acc"] = [], []
     if record_grad_norms:
         history["grad_norms"] = []
 
@@ -163,8 +140,7 @@ def train(
             for prefix, (x, y) in sets:
                 out = model(x)
                 history[prefix + "loss"].append(float(loss_fn(out, y)))
-                if classify:
-                    history[prefix + "acc"].append(accuracy(out, y))
+                history[prefix + "acc"].append(accuracy(out, y))
         model.train(was_training)
         history["step"].append(step)
         if record_grad_norms:
