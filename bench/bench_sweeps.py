@@ -197,11 +197,11 @@ def main() -> None:
                      f"final loss: median {np.nanmedian(rel_diff(ref[:, -1], new[:, -1])):.1e}")
         if not worst <= AGREE:
             disagree.append(name)
-        print(f"| {name} | {task['networks']} | {loop:.2f} | {stacked:.2f} | {loop / stacked:.1f}x | {loop_cpu:.2f} "
-              f"| {stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.1f}x | {agree} |")
+        print(f"| {name} | {task['networks']} | {loop:.2f} | {stacked:.2f} | {loop / stacked:.2f}x | {loop_cpu:.2f} "
+              f"| {stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.2f}x | {agree} |")
     loop, stacked, loop_cpu, stacked_cpu = totals
-    print(f"| **all three** | | {loop:.2f} | {stacked:.2f} | {loop / stacked:.1f}x | {loop_cpu:.2f} | "
-          f"{stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.1f}x | |")
+    print(f"| **all three** | | {loop:.2f} | {stacked:.2f} | {loop / stacked:.2f}x | {loop_cpu:.2f} | "
+          f"{stacked_cpu:.2f} | {loop_cpu / stacked_cpu:.2f}x | |")
     print("\nTimes: best of the repeats, building the networks included in both forms. CPU time is this "
           "process's, the fairer figure on a busy machine.")
     print("Agreement: the stacked form runs the kernels autograd runs, so gradient norms agree to the last bit "

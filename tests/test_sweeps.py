@@ -304,20 +304,30 @@ def test_histories_split_a_batched_record_like_train():
 
 def test_train_many_gives_each_network_its_own_train_run():
     # Two architectures interleaved, a residual network of the same shape as plain ones, and networks a stack
-    # would not reproduce (batch norm, a forward hook, a frozen parameter, a module that is no MLP): each
-    # network's history and trained weights must be what its own train.train call gives.
+    # would not reproduce (batch norm, a forward hook, a frozen parameter, a gradient hook on a parameter, a
+    # parametrized layer, a subclass with its own forward, a module that is no MLP): each network's history and
+    # trained weights must be what its own train.train call gives.
     x, y = _data(60)
     specs = [(2, None, "tanh", 0, False), (3, None, "relu", 1, False), (2, "batch", "relu", 2, False),
              (2, None, "relu", 3, False), (3, "layer", "tanh", 4, False), (2, None, "relu", 5, True),
-             (2, None, "tanh", 6, False), (2, None, "tanh", 7, False)]
+             (2, None, "tanh", 6, False), (2, None, "tanh", 7, False), (2, None, "tanh", 8, False),
+             (2, None, "tanh", 9, False)]
+
+    class Doubled(models.MLP):
+        def forward(self, x):
+            return 2 * super().forward(x)
 
     def build():
         nets = [sweeps.build_mlp(seed=s, in_features=5, out_features=3, depth=d, width=6, activation=a,
                                  init="xavier", norm=n, residual=r) for d, n, a, s, r in specs]
         nets[6].blocks[0].register_forward_hook(lambda m, i, o: 2 * o)  # a stack would skip the hook
-        nets[7].blocks[1].linear.weight.requires_grad_(False)  # ... and train the frozen weight
+        nets[7].blocks[1].linear.weight.requires_grad_(False)  # ... train the frozen weight
+        nets[8].head.weight.register_hook(lambda g: 3 * g)  # ... skip the gradient hook
+        torch.nn.utils.parametrizations.weight_norm(nets[9].head)  # ... and not train the parametrization
+        doubled = sweeps.build_mlp(seed=10, in_features=5, out_features=3, depth=2, width=6, activation="tanh")
+        doubled.__class__ = Doubled
         torch.manual_seed(8)
-        return [*nets, torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))]
+        return [*nets, doubled, torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))]
 
     nets, loop_nets = build(), build()
     kw = dict(steps=6, lr=0.1, batch_size=8, optimizer="momentum", eval_every=3, test_data=(x[:10], y[:10]))
@@ -360,9 +370,12 @@ def test_train_many_records_where_a_network_diverges():
 def test_diverged_pickles_with_its_step_and_record():
     import pickle
 
-    err = pickle.loads(pickle.dumps(train.Diverged("loss became nan", 3, {"step": [1]})))
+    sent = train.Diverged("loss became nan", 3, {"step": [1]})
+    sent.add_note("seed 4")
+    err = pickle.loads(pickle.dumps(sent))
     assert isinstance(err, FloatingPointError) and (str(err), err.step, err.history) == ("loss became nan", 3,
                                                                                          {"step": [1]})
+    assert err.__notes__ == ["seed 4"]
 
 
 @pytest.mark.parametrize(
@@ -373,15 +386,21 @@ def test_diverged_pickles_with_its_step_and_record():
         (dict(optimizer="adam"), "optimizer"),
         (dict(nets=[object(), object()]), r"nets\[0\] must be a torch.nn.Module"),
         (dict(nets=torch.nn.Linear(5, 3)), "nets"),
-        (dict(nets="twice"), r"nets\[1\] is listed twice"),
+        (dict(nets="twice"), r"nets\[1\] shares parameters with nets\[0\]"),
+        (dict(nets="wide"), r"nets\[1\] takes 7 input features, data has 5"),
+        (dict(test_data=(1, 2)), "test_data"),
     ],
 )
 def test_train_many_errors_come_before_any_training(args, match):
     # a batch-normalized network first: it trains alone, so an error found after it would come too late
     first = _nets([("tanh", "xavier", 0)], norm="batch")[0]
     before = [p.detach().clone() for p in first.parameters()]
-    nets = [first, first] if args.get("nets") == "twice" else [first, *_nets([("relu", "he", 1)])]
-    kw = dict(nets=nets, seeds=[0, 1], steps=2, lr=0.1) | {k: v for k, v in args.items() if v != "twice"}
+    nets = [first, *_nets([("relu", "he", 1)])]
+    if args.get("nets") == "twice":
+        args = {"nets": [first, first]}
+    elif args.get("nets") == "wide":
+        args = {"nets": [first, *_nets([("relu", "he", 1)], features=7)]}
+    kw = dict(nets=nets, seeds=[0, 1], steps=2, lr=0.1) | args
     with pytest.raises(ValueError, match=match):
         sweeps.train_many(kw.pop("nets"), _data(), **kw)
     assert all(torch.equal(p, q) for p, q in zip(first.parameters(), before, strict=True))

@@ -30,10 +30,11 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import models
 from . import train as train_mod
-from .checks import choice, integer
+from .checks import choice, integer, module
 from .runtime import progress
 
 __all__ = [
@@ -210,22 +211,29 @@ def _unstackable(net: object) -> str | None:
         if not isinstance(block.norm, (nn.Identity, nn.LayerNorm)):
             return (f"has norm {type(block.norm).__name__}; "
                     "stack_mlps supports norm=None and 'layer'")
-        if isinstance(block.norm, nn.LayerNorm) and not block.norm.elementwise_affine:
-            return "has a LayerNorm without elementwise_affine; stack_mlps needs its gains"
+        if isinstance(block.norm, nn.LayerNorm) and (block.norm.weight is None
+                                                     or block.norm.bias is None):
+            return "has a LayerNorm without gains or shifts; stack_mlps needs both"
     if any(lin.bias is None for lin in net.linears()):
         return "has a Linear layer without bias; stack_mlps needs biases"
     return None
 
 
 def _trains_alone(net: nn.Module) -> bool:
-    """Whether a stack would not reproduce ``train.train`` on ``net``: it cannot be stacked, or
-    something beyond its parameters shapes its training (a frozen parameter, a module hook;
-    torch lists hooks only in these private dictionaries)."""
+    """Whether a stack might not reproduce ``train.train`` on ``net``: anything but a
+    ``models.MLP`` that :func:`stack_mlps` takes, or anything beyond its parameters that shapes
+    its training (a frozen parameter, a parametrization, a hook on a module, a parameter or all
+    modules; torch lists hooks only in private dictionaries)."""
+    if type(net) is not models.MLP or _unstackable(net) is not None:
+        return True
+    hooks = torch.nn.modules.module
     return (
-        _unstackable(net) is not None
-        or any(not p.requires_grad for p in net.parameters())
-        or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               or m._backward_pre_hooks for m in net.modules())
+        any((hooks._global_forward_hooks, hooks._global_forward_pre_hooks,
+             hooks._global_backward_hooks, hooks._global_backward_pre_hooks))
+        or any(not p.requires_grad or p._backward_hooks or p._post_accumulate_grad_hooks
+               for p in net.parameters())
+        or any(parametrize.is_parametrized(m) or m._forward_hooks or m._forward_pre_hooks
+               or m._backward_hooks or m._backward_pre_hooks for m in net.modules())
     )
 
 
@@ -491,10 +499,11 @@ def train_many(
     06, 07 and 13 run their seed sweeps through here. MLPs of one architecture train together,
     one stack per architecture (:func:`stack_mlps`; networks keep the order given, so put equal
     activations side by side), and get ``train.train``'s updates to float32 rounding; their
-    trained parameters are written back. A network a stack would not reproduce trains alone
+    trained parameters are written back. A network a stack might not reproduce trains alone
     with ``train.train`` itself: batch normalization (its batch statistics couple the
-    examples), a frozen parameter, a module hook, or any other ``nn.Module``. Data must be on
-    the networks' device.
+    examples), a frozen parameter, a parametrization, a hook, a subclass of ``models.MLP`` or
+    any other ``nn.Module``. Every argument is checked before any network trains; networks may
+    not share parameters, and data must be on the networks' device.
 
     Returns one history per network, in the order given, as :func:`histories` gives them,
     with ``diverged_at``: the first step whose minibatch loss was not finite, else ``None``.
@@ -505,11 +514,24 @@ def train_many(
     """
     if isinstance(nets, nn.Module) or not isinstance(nets, Sequence):
         raise ValueError(f"nets must be a list of networks, got {type(nets).__name__}")
+    for name, pair in (("data", data), ("test_data", test_data)):
+        if not (pair is None and name == "test_data") and not (
+            isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(t, torch.Tensor) for t in pair)
+        ):
+            raise ValueError(f"{name} must be a pair (inputs, targets) of tensors")
+    owner: dict[int, int] = {}  # parameter -> the first network that holds it
     for i, net in enumerate(nets):
-        if not isinstance(net, nn.Module):
-            raise ValueError(f"nets[{i}] must be a torch.nn.Module, got {type(net).__name__}")
-        if any(other is net for other in nets[:i]):
-            raise ValueError(f"nets[{i}] is listed twice; build one network per entry")
+        module(net, f"nets[{i}]")
+        for p in net.parameters():
+            if owner.setdefault(id(p), i) != i:
+                raise ValueError(f"nets[{i}] shares parameters with nets[{owner[id(p)]}]; "
+                                 "build one network per entry")
+        fan_in = net.linears()[0].in_features if isinstance(net, models.MLP) else None
+        for name, pair in (("data", data), ("test_data", test_data)):
+            if fan_in is not None and pair is not None and pair[0].shape[-1] != fan_in:
+                raise ValueError(f"nets[{i}] takes {fan_in} input features, {name} has "
+                                 f"{pair[0].shape[-1]}")
     if isinstance(seeds, str) or not isinstance(seeds, Sequence) or len(seeds) != len(nets):
         raise ValueError(f"seeds must be a list or range of one int per network ({len(nets)}), "
                          f"got {seeds!r}")

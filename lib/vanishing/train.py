@@ -32,8 +32,9 @@ class Diverged(FloatingPointError):
         self.history = history
 
     def __reduce__(self) -> tuple:
-        # pickled with its step and record (for a sweep run in worker processes)
-        return type(self), (self.args[0], self.step, self.history)
+        # pickled with its step and record (for a sweep run in worker processes), and with
+        # whatever else it carries, such as notes added on the way up
+        return type(self), (self.args[0], self.step, self.history), self.__dict__
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
