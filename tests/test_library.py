@@ -18,7 +18,8 @@ from vanishing import checks, data, models, plots, probes, recurrent, train
 # ---------------------------------------------------------------- argument checks
 def test_number_check_bounds_and_message():
     assert checks.number("lr", 3) == 3.0 and checks.number("lr", math.inf) == math.inf
-    for bad in (0, -1.0, math.nan, True, "1", None):
+    assert checks.number("lr", np.float32(0.5)) == 0.5  # NumPy scalars are real numbers
+    for bad in (0, -1.0, math.nan, True, "1", None, torch.tensor(0.5)):
         with pytest.raises(ValueError, match=r"^lr must be a positive number, got "):
             checks.number("lr", bad)
     assert checks.number("eps", 1.0, high=1.0) == 1.0  # high is allowed by default
@@ -30,8 +31,8 @@ def test_number_check_bounds_and_message():
 
 
 def test_choice_and_module_checks():
-    checks.choice("norm", None, (None, "batch"))
-    with pytest.raises(ValueError, match=r"^norm='group' is unknown; allowed: None, batch or a callable$"):
+    assert checks.choice("norm", "batch", (None, "batch")) == "batch"
+    with pytest.raises(ValueError, match=r"^norm='group' is unknown; allowed: None, 'batch' or a callable$"):
         checks.choice("norm", "group", (None, "batch"), " or a callable")
     layer = nn.Linear(2, 2)
     assert checks.module(layer) is layer
@@ -164,7 +165,7 @@ def test_inits_have_their_variance():
         (dict(depth=0), "depth must be a positive int"),
         (dict(depth=True), r"depth must be a positive int, got True"),  # bool is not a count
         (dict(width=2.5), "width"),
-        (dict(activation="swish"), "activation='swish' is unknown; allowed: sigmoid"),
+        (dict(activation="swish"), "activation='swish' is unknown; allowed: 'sigmoid'"),
         (dict(init="zeros"), "init='zeros' is unknown"),
         (dict(norm="group"), "norm='group' is unknown"),
         (dict(residual=1), "residual must be True or False"),
@@ -298,9 +299,12 @@ def test_train_clip_and_errors():
         (dict(batch_size=1000), "batch_size"),
         (dict(optimizer="rprop"), "optimizer='rprop' is unknown"),
         (dict(clip=0), "clip"),
+        (dict(test_data=(x, y.float())), "^test_data: targets must be class indices"),
     ]:
         with pytest.raises(ValueError, match=match):
             train.train(m, (x, y), **(dict(steps=1, lr=0.1) | kwargs))
+    with pytest.raises(ValueError, match="^data: targets must be class indices"):  # e.g. regression targets
+        train.train(m, (x, torch.randn(64, 2)), steps=1, lr=0.1)
     with pytest.raises(FloatingPointError, match="loss became") as err:
         train.train(m, (x * float("nan"), y), steps=1, lr=0.1)
     # train.Diverged carries the step and the record so far (nothing evaluated before step 1)

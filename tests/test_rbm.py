@@ -100,7 +100,7 @@ def test_dbn_shapes_sampling_and_mlp_init():
 
 
 def test_digits_unit_range_and_split():
-    (xtr, ytr), (xte, yte) = rbm.digits_unit()
+    (xtr, ytr), (xte, yte) = data.digits(unit=True)
     assert xtr.shape[1] == 64 and float(xtr.min()) == 0.0 and float(xtr.max()) == 1.0
     assert len(xtr) + len(xte) == 1797
     # data.digits' split, pixels divided by 16 instead of standardized

@@ -151,7 +151,8 @@ def test_train_side_by_side_equals_training_each_model_alone(cell, nonlinearity)
 
 @pytest.mark.parametrize("kw, match", [
     (dict(lrs=[0.01]), "lrs must have one entry per model"),
-    (dict(lrs=[0.01, -1.0]), "lr"),
+    (dict(lrs=[0.01, -1.0]), r"^lrs\[1\] must be a positive number"),
+    (dict(lrs=[0.01, "a"]), r"^lrs\[1\] must be a positive number"),
     (dict(steps=0), "steps"),
     (dict(clip=0.0), "clip"),
     (dict(batch_size=100), "batch_size"),

@@ -9,9 +9,13 @@ it is an ``int`` in Python: ``steps=True`` is a mistake, not one step.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
+from typing import TypeVar
 
 from torch import nn
+
+T = TypeVar("T")
 
 
 def integer(name: str, value: object, low: int = 1, high: int | None = None) -> int:
@@ -35,30 +39,30 @@ def number(
     name: str, value: object, low: float = 0.0, high: float = math.inf, *,
     low_ok: bool = False, high_ok: bool = True, allowed: str = "a positive number",
 ) -> float:
-    """Return ``float(value)`` if it is an int or float between ``low`` and ``high``; otherwise
-    raise ValueError naming ``name`` and ``allowed`` (the words for the range).
+    """Return ``float(value)`` if it is a real number (an int, a float or a NumPy scalar; not a
+    bool, not a tensor) between ``low`` and ``high``; otherwise raise ValueError naming
+    ``name`` and ``allowed`` (the words for the range).
 
     ``low`` itself is allowed only with ``low_ok``, ``high`` only with ``high_ok``: the
     defaults accept any positive number, infinity included. NaN is always refused.
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (value >= low if low_ok else value > low)
-        or not (value <= high if high_ok else value < high)
-    ):
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    x = float(value) if real else math.nan  # type: ignore[arg-type]  # nan fails every test below
+    if not ((x >= low if low_ok else x > low) and (x <= high if high_ok else x < high)):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return float(value)
+    return x
 
 
-def choice(name: str, value: object, allowed: Iterable[object], extra: str = "") -> None:
-    """Raise ValueError unless ``value`` is one of ``allowed``; ``extra`` ends the list of what
-    is allowed (e.g. ``" or a callable"`` where the caller also takes a function)."""
+def choice(name: str, value: T, allowed: Iterable[object], extra: str = "") -> T:
+    """Return ``value`` if it is one of ``allowed``; otherwise raise ValueError naming ``name``
+    and listing what is allowed, as one would write it (``extra`` ends the list, e.g.
+    ``" or a callable"`` where the caller also takes a function)."""
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(
-            f"{name}={value!r} is unknown; allowed: {', '.join(map(str, allowed))}{extra}"
+            f"{name}={value!r} is unknown; allowed: {', '.join(map(repr, allowed))}{extra}"
         )
+    return value
 
 
 def module(model: object, name: str = "model") -> nn.Module:

@@ -22,8 +22,9 @@ def digits(
 
     Returns ``(train, test)``, each a pair ``(inputs, labels)`` with inputs of
     shape (n, 64) standardized with the training set's mean and spread (with
-    ``unit=True`` instead the pixels divided by 16, from 0..16 to [0, 1]), and the
-    split stratified by class. The data come with scikit-learn: no download.
+    ``unit=True`` instead the pixels divided by 16, from 0..16 to [0, 1], the range
+    the units of 10's restricted Boltzmann machines model), and the split stratified
+    by class. The data come with scikit-learn: no download.
     """
     number("test_fraction", test_fraction, high=1.0, high_ok=False, allowed="a number in (0, 1)")
     integer("seed", seed, 0)

@@ -38,8 +38,8 @@ class Monitor:
     ``Monitor(model, optimizer, every=50)`` hooks into ``optimizer.step()`` and into the forward
     passes of ``model``'s layers; use it as a context manager or call :meth:`remove` to detach.
     ``thresholds`` overrides entries of :data:`vanishing.checkup.THRESHOLDS` (``stalled_update``
-    is the update-to-weight ratio below which a step counts as stalled; :attr:`stall_ratio`
-    holds it). Steps are counted from the
+    is the update-to-weight ratio below which a step counts as stalled). Steps are counted
+    from the
     first ``optimizer.step()`` after attaching, starting at 0; a step that a ``GradScaler`` skips
     (non-finite gradients) never reaches the optimizer and is not counted. On a monitored step
     the monitor holds one copy of the weight matrices until the step is taken. Optimizers that
@@ -55,7 +55,6 @@ class Monitor:
         integer("every", every)
         self.every = every
         self.thresholds = _checkup._check_thresholds(thresholds)
-        self.stall_ratio = self.thresholds["stalled_update"]
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         self._params = {n: p for n, p in model.named_parameters() if id(p) in held}
         self._weights = {n: p for n, p in self._params.items()

@@ -78,8 +78,7 @@ FORMATS: dict[str, tuple[torch.dtype, int]] = {
 
 
 def _check_format(fmt: object, param: str = "fmt") -> tuple[torch.dtype, int]:
-    choice(param, fmt, FORMATS)
-    return FORMATS[str(fmt)]
+    return FORMATS[str(choice(param, fmt, FORMATS))]
 
 
 def _native_mul(dtype: torch.dtype) -> bool:
@@ -252,8 +251,7 @@ def amp_grad_norms(
     overwritten; ``model``, ``inputs`` and ``targets`` must be on ``device``. Norms are
     :func:`safe_norm`, one per weight matrix, input layer first.
     """
-    if name not in ("float16", "bfloat16"):
-        raise ValueError(f"name={name!r}: autocast formats are 'float16' and 'bfloat16'")
+    choice("name", name, ("float16", "bfloat16"), " (the autocast formats)")
     if init_scale is not None:
         number("init_scale", init_scale, allowed="a positive number or None")
     weights = [p for p in model.parameters() if p.dim() >= 2]

@@ -35,7 +35,6 @@ __all__ = [
     "dbn_bound",
     "dbn_log_likelihood",
     "init_from_dbn",
-    "digits_unit",
 ]
 
 #: The largest number of units on one side that :func:`log_partition` enumerates (2**20 states).
@@ -373,14 +372,4 @@ def init_from_dbn(model: nn.Module, dbn: DBN) -> None:
                 )
             block.linear.weight.copy_(r.W)
             block.linear.bias.copy_(r.b_h)
-
-
-def digits_unit(
-    *, device: torch.device | str = "cpu"
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 8x8 digits with pixels scaled from 0..16 to [0, 1], the range an RBM's
-    units model: :func:`vanishing.data.digits` with ``unit=True`` (same split)."""
-    from . import data
-
-    return data.digits(device=device, unit=True)
 

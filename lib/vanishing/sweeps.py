@@ -325,12 +325,12 @@ def _layer_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
 def grad_norms_batched(
     stacked: StackedMLP, inputs: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    """Norm of dLoss/dW for every weight matrix of every stacked network: shape (K, depth + 1),
-    float64, on the CPU.
+    """Norm of d(cross-entropy)/dW for every weight matrix of every stacked network, with
+    class-index ``targets``: shape (K, depth + 1), float64, on the CPU.
 
-    Row ``k`` is what :func:`vanishing.probes.grad_norms` returns for network ``k`` on the same
-    batch (input layer first, read-out last). The stacked parameters and their ``.grad`` are
-    not changed.
+    Row ``k`` is what ``probes.grad_norms(net_k, inputs, targets, F.cross_entropy)`` returns
+    for network ``k`` on the same batch (input layer first, read-out last). The stacked
+    parameters and their ``.grad`` are not changed.
     """
     stacked = _check_stacked(stacked)
     x, y = _check_data(inputs, targets, stacked, name="inputs/targets")

@@ -117,6 +117,12 @@ def train(
     inputs, targets = data
     if len(inputs) != len(targets):
         raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
+    for name, pair in (("data", data), ("test_data", test_data)):
+        labels = pair[1] if isinstance(pair, (tuple, list)) and len(pair) == 2 else None
+        if pair is not None and not (isinstance(labels, torch.Tensor) and labels.dim() == 1
+                                     and labels.dtype == torch.long):
+            raise ValueError(f"{name}: targets must be class indices, a tensor of shape (batch,) "
+                             "and dtype long (the loss is cross-entropy)")
     n = len(inputs)
     _check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
                    allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
