@@ -19,6 +19,8 @@ from vanishing import checks, data, models, plots, probes, recurrent, train
 def test_number_check_bounds_and_message():
     assert checks.number("lr", 3) == 3.0 and checks.number("lr", math.inf) == math.inf
     assert checks.number("lr", np.float32(0.5)) == 0.5  # NumPy scalars are real numbers
+    with pytest.raises(ValueError, match=r"pass float\(t\)"):
+        checks.number("lr", torch.tensor(0.5))
     for bad in (0, -1.0, math.nan, True, "1", None, torch.tensor(0.5)):
         with pytest.raises(ValueError, match=r"^lr must be a positive number, got "):
             checks.number("lr", bad)
@@ -320,6 +322,8 @@ def test_digits_split_and_standardization():
     assert float(xte.abs().max()) < 50, "a pixel blank in training must not become an outlier in the test set"
     with pytest.raises(ValueError, match="test_fraction"):
         data.digits(test_fraction=1.0)
+    (same, _), _ = data.digits(test_fraction=np.float32(0.25), seed=1)  # a NumPy scalar, passed on as a float
+    assert torch.equal(same, xtr)
 
 
 def test_synthetic_tasks():

@@ -99,7 +99,7 @@ def test_dbn_shapes_sampling_and_mlp_init():
     assert torch.allclose(h, d.up(data), atol=1e-6)
 
 
-def test_digits_unit_range_and_split():
+def test_digits_unit_scale_and_split():
     (xtr, ytr), (xte, yte) = data.digits(unit=True)
     assert xtr.shape[1] == 64 and float(xtr.min()) == 0.0 and float(xtr.max()) == 1.0
     assert len(xtr) + len(xte) == 1797

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,6 +148,11 @@ def test_train_side_by_side_equals_training_each_model_alone(cell, nonlinearity)
     recurrent.train_side_by_side(swapped, data, steps=20, lrs=[0.01, 0.01, 0.01], batch_size=8,
                                  clip=0.5, generators=[torch.Generator().manual_seed(s) for s in seeds])
     assert not torch.allclose(swapped[1].head.weight, alone[1].head.weight, atol=1e-4)
+    # a NumPy scalar rate next to the float it rounds from: two rates, each model in one group
+    used = recurrent.train_side_by_side(_models(cell, seeds, nonlinearity), data, steps=1,
+                                        lrs=[0.1, np.float32(0.1), 0.1], batch_size=8,
+                                        generators=[torch.Generator().manual_seed(s) for s in seeds])
+    assert used == [0.1, float(np.float32(0.1)), 0.1]
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -3,7 +3,9 @@
 A count, a learning rate, an option name or a model that is wrong should fail where
 it is passed, with a message that names the parameter first and then what is allowed,
 rather than deep inside torch. ``True`` is refused where a number is expected although
-it is an ``int`` in Python: ``steps=True`` is a mistake, not one step.
+it is an ``int`` in Python: ``steps=True`` is a mistake, not one step. A count must be a
+Python ``int``; a number may be any real number, NumPy scalars included, and comes back
+as a Python float, the value to pass on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numbers
 from collections.abc import Iterable
 from typing import TypeVar
 
+import torch
 from torch import nn
 
 T = TypeVar("T")
@@ -46,10 +49,13 @@ def number(
     ``low`` itself is allowed only with ``low_ok``, ``high`` only with ``high_ok``: the
     defaults accept any positive number, infinity included. NaN is always refused.
     """
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    x = float(value) if real else math.nan  # type: ignore[arg-type]  # nan fails every test below
+    # nan (for a bool, a string, a tensor...) fails every comparison below
+    x = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        x = float(value)
     if not ((x >= low if low_ok else x > low) and (x <= high if high_ok else x < high)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        hint = " (a tensor: pass float(t))" if isinstance(value, torch.Tensor) else ""
+        raise ValueError(f"{name} must be {allowed}, got {value!r}{hint}")
     return x
 
 

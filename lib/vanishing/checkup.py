@@ -112,7 +112,7 @@ THRESHOLDS: dict[str, float] = {
     # called stalled: the weights hardly move
     "stalled_update": STALL_RATIO,
     # activation derivative below this share of its maximum counts as saturated ...
-    "saturation_derivative": probes._SATURATED_BELOW,  # the probes' own "saturated" (0.1)
+    "saturation_derivative": probes._SATURATED_BELOW,  # the probes' own "saturated"
     # ... and a layer with more than this share of saturated entries is saturated
     "saturated_share": 0.5,
     # share of rectifier units (over all rectifier layers) dead on the whole batch

@@ -26,7 +26,8 @@ def digits(
     the units of 10's restricted Boltzmann machines model), and the split stratified
     by class. The data come with scikit-learn: no download.
     """
-    number("test_fraction", test_fraction, high=1.0, high_ok=False, allowed="a number in (0, 1)")
+    test_fraction = number("test_fraction", test_fraction, high=1.0, high_ok=False,
+                           allowed="a number in (0, 1)")
     integer("seed", seed, 0)
     if not isinstance(unit, bool):
         raise ValueError(f"unit must be True or False, got {unit!r}")

@@ -111,7 +111,8 @@ def environment(name: str, base: dict[str, str] | None = None) -> dict[str, str]
     library picks this machine's fastest kernels.
     """
     if name not in KERNEL_SETS:
-        raise ValueError(f"kernel set {name!r} is not known; allowed: {', '.join(KERNEL_SETS)}")
+        allowed = ", ".join(map(repr, KERNEL_SETS))
+        raise ValueError(f"kernel set {name!r} is not known; allowed: {allowed}")
     env = dict(os.environ if base is None else base)
     for key in (*PINNED, *ANOTHER_CPU, KERNELS_ENV):
         env.pop(key, None)

@@ -250,7 +250,8 @@ def kumar_std(fan_in: int, activation: str = "sigmoid") -> float:
     integer("fan_in", fan_in)
     if activation == "relu":
         return math.sqrt(2.0 / fan_in)
-    choice("activation", activation, ("sigmoid", "tanh", "gelu", "silu", "relu"))
+    choice("activation", activation, ("sigmoid", "tanh", "gelu", "silu", "relu"),
+           " (the activations with a Kumar standard deviation)")
     with torch.enable_grad():  # initializers run under no_grad
         z = torch.zeros(1, dtype=torch.float64, requires_grad=True)
         g0 = ACTIVATIONS[activation]()(z)

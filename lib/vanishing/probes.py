@@ -52,7 +52,7 @@ RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CEL
 #: Every module type the library treats as an elementwise activation: the one list.
 ACTIVATION_TYPES = SATURATING + RECTIFIERS
 # A saturating unit counts as saturated where its derivative is below this share of the
-# activation's largest derivative (the checkup's default "saturation_derivative").
+# activation's largest derivative; checkup.THRESHOLDS["saturation_derivative"] takes this value.
 _SATURATED_BELOW = 0.1
 
 

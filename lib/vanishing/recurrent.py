@@ -256,8 +256,7 @@ def train_side_by_side(
     n = len(data[0][0])
     if any(len(x) != n or len(y) != n for x, y in data):
         raise ValueError("data: every model's (inputs, targets) must have the same number of rows")
-    for i, lr in enumerate(lrs):
-        number(f"lrs[{i}]", lr)
+    lrs = [number(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]  # Python floats: set() and ==
     _check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
                    clip=clip, batch_size=batch_size, n=n)
     nonlinearity = getattr(core, "nonlinearity", "tanh")

@@ -118,7 +118,9 @@ def train(
     if len(inputs) != len(targets):
         raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
     for name, pair in (("data", data), ("test_data", test_data)):
-        labels = pair[1] if isinstance(pair, (tuple, list)) and len(pair) == 2 else None
+        if pair is not None and not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"{name} must be a pair (inputs, targets)")
+        labels = pair[1] if pair is not None else None
         if pair is not None and not (isinstance(labels, torch.Tensor) and labels.dim() == 1
                                      and labels.dtype == torch.long):
             raise ValueError(f"{name}: targets must be class indices, a tensor of shape (batch,) "
