@@ -34,6 +34,8 @@ def test_number_check_bounds_and_message():
 
 def test_choice_and_module_checks():
     assert checks.choice("norm", "batch", (None, "batch")) == "batch"
+    with pytest.raises(ValueError, match=r"^norm=array\(\[1, 2\]\) is unknown"):  # not NumPy's own error
+        checks.choice("norm", np.array([1, 2]), (None, "batch"))
     with pytest.raises(ValueError, match=r"^norm='group' is unknown; allowed: None, 'batch' or a callable$"):
         checks.choice("norm", "group", (None, "batch"), " or a callable")
     layer = nn.Linear(2, 2)
@@ -302,6 +304,8 @@ def test_train_clip_and_errors():
         (dict(optimizer="rprop"), "optimizer='rprop' is unknown"),
         (dict(clip=0), "clip"),
         (dict(test_data=(x, y.float())), "^test_data: targets must be class indices"),
+        (dict(test_data=(x, y[:-1])), "^test_data: 64 inputs but 63 targets"),
+        (dict(test_data=x), "^test_data must be a pair"),
     ]:
         with pytest.raises(ValueError, match=match):
             train.train(m, (x, y), **(dict(steps=1, lr=0.1) | kwargs))

@@ -381,26 +381,58 @@ def test_diverged_pickles_with_its_step_and_record():
 @pytest.mark.parametrize(
     "args,match",
     [
-        (dict(seeds=[0]), "seeds"),
-        (dict(seeds=[0, -1]), r"seeds\[1\]"),
+        (dict(seeds=[0, 1]), "seeds"),
+        (dict(seeds=[0, 1, -1]), r"seeds\[2\]"),
         (dict(optimizer="adam"), "optimizer"),
-        (dict(nets=[object(), object()]), r"nets\[0\] must be a torch.nn.Module"),
+        (dict(nets=[object()]), r"nets\[2\] must be a torch.nn.Module"),
         (dict(nets=torch.nn.Linear(5, 3)), "nets"),
-        (dict(nets="twice"), r"nets\[1\] shares parameters with nets\[0\]"),
-        (dict(nets="wide"), r"nets\[1\] takes 7 input features, data has 5"),
+        (dict(nets="twice"), r"nets\[2\] shares parameters with nets\[0\]"),
+        (dict(nets="wide"), r"nets\[2\] takes 7 input features, data has 5"),
+        (dict(nets="double"), r"nets\[2\] is torch.float64 on cpu, data's inputs torch.float32"),
         (dict(test_data=(1, 2)), "test_data"),
     ],
 )
 def test_train_many_errors_come_before_any_training(args, match):
-    # a batch-normalized network first: it trains alone, so an error found after it would come too late
-    first = _nets([("tanh", "xavier", 0)], norm="batch")[0]
-    before = [p.detach().clone() for p in first.parameters()]
-    nets = [first, *_nets([("relu", "he", 1)])]
-    if args.get("nets") == "twice":
-        args = {"nets": [first, first]}
-    elif args.get("nets") == "wide":
-        args = {"nets": [first, *_nets([("relu", "he", 1)], features=7)]}
-    kw = dict(nets=nets, seeds=[0, 1], steps=2, lr=0.1) | args
+    # Stacks train first and lone networks (batch norm) last, so the faulty entry is a batch-normalized
+    # network after a healthy stacked one and a healthy lone one: no network may have moved when it raises.
+    nets = [*_nets([("relu", "he", 1)]), *_nets([("tanh", "xavier", 0)], norm="batch")]
+    before = [[p.detach().clone() for p in net.parameters()] for net in nets]
+    third = {"twice": [nets[0]], "wide": _nets([("tanh", "xavier", 2)], norm="batch", features=7),
+             "double": [_nets([("tanh", "xavier", 2)], norm="batch")[0].double()]}
+    if isinstance(args.get("nets"), str):
+        args = {"nets": [*nets, *third[args["nets"]]]}
+    elif isinstance(args.get("nets"), list):
+        args = {"nets": [*nets, *args["nets"]]}
+    kw = dict(nets=[*nets, *_nets([("tanh", "xavier", 2)], norm="batch")], seeds=[0, 1, 2], steps=2, lr=0.1) | args
     with pytest.raises(ValueError, match=match):
         sweeps.train_many(kw.pop("nets"), _data(), **kw)
-    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), before, strict=True))
+    for net, saved in zip(nets, before, strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(net.parameters(), saved, strict=True))
+
+
+def test_train_many_sends_global_hooks_and_shiftless_layer_norms_alone():
+    # A layer norm without shifts cannot be stacked (stack_mlps refuses it by name), and a global module hook
+    # changes every network's forward pass, which a stack would skip: both must train as train.train trains.
+    x, y = _data(60)
+
+    def build():
+        shiftless, plain = _nets([("tanh", "xavier", 0), ("relu", "he", 1)], norm="layer")
+        for block in shiftless.blocks:
+            block.norm = torch.nn.LayerNorm(6, bias=False)
+        return [shiftless, _nets([("relu", "he", 1)])[0]]
+
+    with pytest.raises(ValueError, match=r"nets\[0\] has a LayerNorm without gains or shifts"):
+        sweeps.stack_mlps(build()[:1])
+    kw = dict(steps=4, lr=0.1, batch_size=8, eval_every=2)
+    nets, refs = build(), build()
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: 1.5 * o if isinstance(m, torch.nn.Linear) else None)
+    try:
+        out = sweeps.train_many(nets, (x, y), seeds=[0, 1], **kw)
+        for net, ref_net, one, seed in zip(nets, refs, out, [0, 1], strict=True):
+            ref = train.train(ref_net, (x, y), generator=torch.Generator().manual_seed(seed), **kw)
+            assert one["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+            for p, q in zip(net.parameters(), ref_net.parameters(), strict=True):
+                torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    finally:
+        handle.remove()

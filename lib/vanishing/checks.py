@@ -64,7 +64,9 @@ def choice(name: str, value: T, allowed: Iterable[object], extra: str = "") -> T
     and listing what is allowed, as one would write it (``extra`` ends the list, e.g.
     ``" or a callable"`` where the caller also takes a function)."""
     allowed = tuple(allowed)
-    if value not in allowed:
+    # identity or equality; an array or tensor, whose == is elementwise, is simply not allowed
+    if not any(value is a or (isinstance(value, (str, int, float)) and value == a)
+               for a in allowed):
         raise ValueError(
             f"{name}={value!r} is unknown; allowed: {', '.join(map(repr, allowed))}{extra}"
         )

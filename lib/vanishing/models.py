@@ -250,8 +250,9 @@ def kumar_std(fan_in: int, activation: str = "sigmoid") -> float:
     integer("fan_in", fan_in)
     if activation == "relu":
         return math.sqrt(2.0 / fan_in)
-    choice("activation", activation, ("sigmoid", "tanh", "gelu", "silu", "relu"),
-           " (the activations with a Kumar standard deviation)")
+    if activation not in ("sigmoid", "tanh", "gelu", "silu"):  # a known activation may have none
+        raise ValueError(f"activation={activation!r} has no Kumar standard deviation here; "
+                         "allowed: 'sigmoid', 'tanh', 'gelu', 'silu', 'relu'")
     with torch.enable_grad():  # initializers run under no_grad
         z = torch.zeros(1, dtype=torch.float64, requires_grad=True)
         g0 = ACTIVATIONS[activation]()(z)

@@ -258,7 +258,7 @@ def train_side_by_side(
         raise ValueError("data: every model's (inputs, targets) must have the same number of rows")
     lrs = [number(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]  # Python floats: set() and ==
     _check_schedule(steps=steps, eval_every=1, lr=min(lrs), optimizer="adam", allowed=("adam",),
-                   clip=clip, batch_size=batch_size, n=n)
+                    clip=clip, batch_size=batch_size, n=n)
     nonlinearity = getattr(core, "nonlinearity", "tanh")
     names = [k for k, _ in models[0].named_parameters()]
     rates = sorted(set(lrs))  # one stacked leaf per rate, so that one Adam holds a group per rate

@@ -387,7 +387,7 @@ def train_batched(
         raise ValueError("data must be a pair (inputs, targets)")
     x_all, y_all = _check_data(data[0], data[1], stacked)
     train_mod._check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
-                             allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=len(x_all))
+                              allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=len(x_all))
     sets = [("", x_all, y_all)]
     if test_data is not None:
         if not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):
@@ -502,8 +502,9 @@ def train_many(
     trained parameters are written back. A network a stack might not reproduce trains alone
     with ``train.train`` itself: batch normalization (its batch statistics couple the
     examples), a frozen parameter, a parametrization, a hook, a subclass of ``models.MLP`` or
-    any other ``nn.Module``. Every argument is checked before any network trains; networks may
-    not share parameters, and data must be on the networks' device.
+    any other ``nn.Module``. Every argument is checked before any network trains (for modules
+    that are not ``models.MLP``, only what ``train.train`` checks as it starts them); networks
+    may not share parameters, and an MLP's inputs must have its dtype and device.
 
     Returns one history per network, in the order given, as :func:`histories` gives them,
     with ``diverged_at``: the first step whose minibatch loss was not finite, else ``None``.
@@ -527,11 +528,18 @@ def train_many(
             if owner.setdefault(id(p), i) != i:
                 raise ValueError(f"nets[{i}] shares parameters with nets[{owner[id(p)]}]; "
                                  "build one network per entry")
-        fan_in = net.linears()[0].in_features if isinstance(net, models.MLP) else None
+        if not isinstance(net, models.MLP):
+            continue
+        weight = net.linears()[0].weight
         for name, pair in (("data", data), ("test_data", test_data)):
-            if fan_in is not None and pair is not None and pair[0].shape[-1] != fan_in:
-                raise ValueError(f"nets[{i}] takes {fan_in} input features, {name} has "
+            if pair is None:
+                continue
+            if pair[0].shape[-1] != weight.shape[1]:
+                raise ValueError(f"nets[{i}] takes {weight.shape[1]} input features, {name} has "
                                  f"{pair[0].shape[-1]}")
+            if (pair[0].dtype, pair[0].device) != (weight.dtype, weight.device):
+                raise ValueError(f"nets[{i}] is {weight.dtype} on {weight.device}, {name}'s inputs "
+                                 f"{pair[0].dtype} on {pair[0].device}; move one to the other")
     if isinstance(seeds, str) or not isinstance(seeds, Sequence) or len(seeds) != len(nets):
         raise ValueError(f"seeds must be a list or range of one int per network ({len(nets)}), "
                          f"got {seeds!r}")

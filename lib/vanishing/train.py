@@ -16,6 +16,7 @@ from .runtime import progress
 
 __all__ = ["OPTIMIZERS", "Diverged", "train", "accuracy", "draw_batch"]
 
+#: Optimizer names :func:`train` accepts: plain SGD, SGD with momentum 0.9, Adam.
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
@@ -112,22 +113,21 @@ def train(
     A loss that stops being finite raises :class:`Diverged` (a ``FloatingPointError``).
     """
     module(model)
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise ValueError("data must be a pair (inputs, targets)")
-    inputs, targets = data
-    if len(inputs) != len(targets):
-        raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
     for name, pair in (("data", data), ("test_data", test_data)):
-        if pair is not None and not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        if pair is None and name == "test_data":
+            continue
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"{name} must be a pair (inputs, targets)")
-        labels = pair[1] if pair is not None else None
-        if pair is not None and not (isinstance(labels, torch.Tensor) and labels.dim() == 1
-                                     and labels.dtype == torch.long):
+        x, y = pair
+        if not (isinstance(y, torch.Tensor) and y.dim() == 1 and y.dtype == torch.long):
             raise ValueError(f"{name}: targets must be class indices, a tensor of shape (batch,) "
                              "and dtype long (the loss is cross-entropy)")
+        if len(x) != len(y):
+            raise ValueError(f"{name}: {len(x)} inputs but {len(y)} targets")
+    inputs, targets = data
     n = len(inputs)
     _check_schedule(steps=steps, eval_every=eval_every, lr=lr, optimizer=optimizer,
-                   allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
+                    allowed=OPTIMIZERS, clip=clip, batch_size=batch_size, n=n)
     loss_fn = nn.functional.cross_entropy
 
     opt = _optimizer(optimizer, model.parameters(), lr)
