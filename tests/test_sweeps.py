@@ -403,7 +403,9 @@ def test_train_many_errors_come_before_any_training(args, match):
         args = {"nets": [*nets, *third[args["nets"]]]}
     elif isinstance(args.get("nets"), list):
         args = {"nets": [*nets, *args["nets"]]}
-    kw = dict(nets=[*nets, *_nets([("tanh", "xavier", 2)], norm="batch")], seeds=[0, 1, 2], steps=2, lr=0.1) | args
+    # batch_size 8 fits the 40-row data: without the faulty entry every network would train
+    kw = dict(nets=[*nets, *_nets([("tanh", "xavier", 2)], norm="batch")], seeds=[0, 1, 2], steps=2, lr=0.1,
+              batch_size=8) | args
     with pytest.raises(ValueError, match=match):
         sweeps.train_many(kw.pop("nets"), _data(), **kw)
     for net, saved in zip(nets, before, strict=True):

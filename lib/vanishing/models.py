@@ -248,11 +248,13 @@ def kumar_std(fan_in: int, activation: str = "sigmoid") -> float:
     deviation of about 3.58/sqrt(N).
     """
     integer("fan_in", fan_in)
+    # a known activation may have none; isinstance first, so that any value gets this message
+    kumar = ("sigmoid", "tanh", "gelu", "silu", "relu")
+    if not (isinstance(activation, str) and activation in kumar):
+        raise ValueError(f"activation={activation!r} has no Kumar standard deviation here; "
+                         f"allowed: {', '.join(map(repr, kumar))}")
     if activation == "relu":
         return math.sqrt(2.0 / fan_in)
-    if activation not in ("sigmoid", "tanh", "gelu", "silu"):  # a known activation may have none
-        raise ValueError(f"activation={activation!r} has no Kumar standard deviation here; "
-                         "allowed: 'sigmoid', 'tanh', 'gelu', 'silu', 'relu'")
     with torch.enable_grad():  # initializers run under no_grad
         z = torch.zeros(1, dtype=torch.float64, requires_grad=True)
         g0 = ACTIVATIONS[activation]()(z)
